@@ -1,0 +1,1 @@
+"""Shared data-free robust distillation machinery: the method contract and its pieces."""

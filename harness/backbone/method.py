@@ -1,0 +1,107 @@
+"""The method contract and the method registry.
+
+A method plugin is one file in ``methods/``: a :class:`Method` subclass with its
+hyper-parameters as a frozen dataclass ``Params`` (fields declared with
+:func:`harness.schema.param`), a ``version`` string that enters the run key, and the
+hooks the shared trainer calls each epoch (DESIGN.md, "The method contract"):
+
+- ``synthesize(epoch)``: the generation stage of one epoch (update generator/images, fill the pool);
+- ``sample(batch_size)``: clean synthetic images (and labels when the method has them);
+- ``adversarial(student, x)``: adversarial examples for the distillation step;
+- ``student_loss(...)``: the distillation loss;
+- ``end_of_epoch(epoch)``: e.g. FERD's class reweighting.
+
+``register_method`` also registers *presets*: names for fixed overrides of the
+parameters (e.g. the FERD ablations), usable as method names in grids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from harness.errors import HarnessError
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Hyper-parameters of a method that has none."""
+
+
+class Method:
+    """Base class of every method plugin (see the module docstring for the hooks)."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type] = NoParams
+    needs_train_data: ClassVar[bool] = False
+
+    @classmethod
+    def default_params(cls, dataset: str) -> Any:
+        """Defaults for ``dataset`` (plugins override to give per-dataset defaults)."""
+        return cls.Params()
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method name: its plugin class and the preset's parameter overrides."""
+
+    name: str
+    plugin: type[Method]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def plugin_name(self) -> str:
+        return self.plugin.name
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+
+
+def register_method(
+    name: str, *, presets: Mapping[str, Mapping[str, Any]] | None = None, aliases: tuple[str, ...] = ()
+) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a plugin under ``name`` plus its named presets."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        if not (dataclasses.is_dataclass(cls.Params) and cls.Params.__dataclass_params__.frozen):
+            raise TypeError(f"{cls.__name__}.Params must be a frozen dataclass")
+        cls.name = name
+        METHODS.register(name, MethodEntry(name, cls), aliases=aliases)
+        for preset, overrides in (presets or {}).items():
+            unknown = set(overrides) - {f.name for f in dataclasses.fields(cls.Params)}
+            if unknown:
+                raise TypeError(f"preset {preset!r} sets unknown parameters {sorted(unknown)}")
+            METHODS.register(preset, MethodEntry(preset, cls, dict(overrides)))
+        return cls
+
+    return add
+
+
+_loaded = False
+
+
+def load_plugins() -> Registry[MethodEntry]:
+    """Import every module of the ``methods`` package once (each registers itself).
+
+    Modules named in the environment variable ``HARNESS_PLUGINS`` (comma-separated,
+    importable from ``sys.path``) are imported too: methods kept outside this repository.
+    """
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        package = importlib.import_module("methods")
+        modules = [f"methods.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+        modules += [m.strip() for m in os.environ.get("HARNESS_PLUGINS", "").split(",") if m.strip()]
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as error:
+                raise HarnessError(f"HARNESS_PLUGINS: cannot import method module '{module}' ({error})") from None
+    return METHODS

@@ -1,0 +1,439 @@
+"""Experiment files: YAML -> validated run specs (one per grid cell) with a stable run key.
+
+An experiment file has these top-level keys (all optional but ``base``/``grid`` must
+together name a method, dataset, student and teacher)::
+
+    name: cifar10_main          # default: the file's stem
+    include: [common.yaml]      # files merged underneath this one (paths relative to it)
+    base: {dataset: ..., student: ..., teacher: {arch: ..., checkpoint: ...},
+           seed: 0, schedule: {...}, threat: {...}, eval: {...}}
+    methods: {ferd: {gamma: 0.5}}          # per-method hyper-parameters
+    grid: {method: [...], seed: [0, 1, 2], ferd.gamma: [0.1, 0.5]}
+    exclude: [{method: zskt, student: mobilenetv2}]
+
+``grid`` lists expand to their cartesian product (duplicates collapse), ``exclude``
+removes matching cells. Mappings merge deeply over included files; lists replace.
+Every cell is validated before anything runs; errors are :class:`ConfigError`, one
+line naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.backbone.method import METHODS, MethodEntry, load_plugins
+from harness.data import get_dataset
+from harness.errors import HarnessError
+from harness.models import MODELS
+from harness.registry import RegistryError, suggest
+from harness.schema import SchemaError, build, param, to_plain
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+TOP_LEVEL_KEYS = ("name", "description", "include", "base", "methods", "grid", "exclude")
+ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
+
+
+class ConfigError(HarnessError):
+    """An invalid experiment file; the message is ``FILE: KEY.PATH: problem``."""
+
+
+# --------------------------------------------------------------------------- the schema
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The robust teacher: an architecture and its checkpoint (None = untrained, tests only)."""
+
+    arch: str
+    checkpoint: str | None = None
+    sha256: str | None = param(None, doc="expected SHA-256 of the checkpoint; enters the run key")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The distillation schedule shared by all methods (METHODS.md §0)."""
+
+    epochs: int = param(220, ge=1)
+    warmup_epochs: int = param(20, ge=0, doc="generation-only epochs before student training")
+    generator_steps: int = param(200, ge=0, doc="T_g: generator/image steps per epoch")
+    student_steps: int = param(400, ge=1, doc="T_s: student steps per epoch")
+    batch_size: int = param(256, ge=1)
+    lr: float = param(0.1, gt=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(5e-4, ge=0)
+    pool_size: int = param(50_000, ge=1, doc="most synthetic images kept in the pool")
+    checkpoint_every: int = param(1, ge=1, doc="epochs between checkpoints")
+    history_every: int = param(10, ge=1, doc="epochs between held-out accuracy probes")
+
+    def __post_init__(self) -> None:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs: must be < epochs ({self.epochs}), got {self.warmup_epochs}")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """L∞ budget of training and evaluation attacks; None means the dataset's default."""
+
+    epsilon: float | None = param(None, gt=0, le=1)
+    step_size: float | None = param(None, gt=0, le=1)
+    train_steps: int = param(10, ge=1, doc="steps of the KL-PGD / UTAE attack in training")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Final evaluation of the student (METHODS.md §8)."""
+
+    attacks: tuple[Literal["clean", "fgsm", "pgd20", "cw", "aa"], ...] = ATTACKS
+    aa_version: Literal["standard", "fast"] = "standard"
+    n_eval: int | None = param(None, ge=1, doc="class-stratified test subset; None = full test set")
+    aa_n_eval: int | None = param(None, ge=1, doc="smaller stratified subset for AutoAttack")
+    batch_size: int = param(256, ge=1)
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    """Everything of a cell except the method's own hyper-parameters."""
+
+    method: str
+    dataset: str
+    student: str
+    teacher: TeacherSpec
+    seed: int = param(0, ge=0)
+    schedule: Schedule = Schedule()
+    threat: ThreatModel = ThreatModel()
+    eval: EvalSpec = EvalSpec()
+    data_root: str | None = param(None, doc="dataset folder; not part of the run key")
+
+
+CELL_KEYS = tuple(f.name for f in fields(CellSettings))
+KEY_EXCLUDED = ("data_root",)
+
+
+# --------------------------------------------------------------------------- run specs
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully resolved, validated grid cell."""
+
+    experiment: str
+    settings: CellSettings
+    entry: MethodEntry
+    params: Any
+
+    @property
+    def method(self) -> str:
+        return self.entry.name
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that can change the result (never paths, device or workers)."""
+        settings = to_plain(self.settings)
+        for key in KEY_EXCLUDED:
+            settings.pop(key)
+        checkpoint = self.settings.teacher.checkpoint
+        settings["teacher"]["checkpoint"] = Path(checkpoint).name if checkpoint else None
+        return {
+            **settings,
+            "plugin": self.entry.plugin_name,
+            "version": self.entry.plugin.version,
+            "params": to_plain(self.params),
+        }
+
+    @property
+    def key(self) -> str:
+        """A short stable hash of :meth:`identity`."""
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def relative_dir(self) -> Path:
+        """``<experiment>/<dataset>/<method>/<student>/seed<k>-<key>`` inside the results folder."""
+        s = self.settings
+        return Path(self.experiment, s.dataset, self.method, s.student, f"seed{s.seed}-{self.key}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved cell as written to ``config.json``."""
+        return {"experiment": self.experiment, "method": self.method, "key": self.key,
+                **self.identity(), "data_root": self.settings.data_root}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: Path
+    cells: list[RunSpec]
+
+
+# --------------------------------------------------------------------------- loading YAML
+class _Document:
+    """The merged content of a file and its includes, remembering which file set each key."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.origin: dict[tuple[str, ...], Path] = {}
+
+    def merge(self, other: dict[str, Any], source: Path, prefix: tuple[str, ...] = (), into: dict | None = None) -> None:
+        target = self.data if into is None else into
+        for key, value in other.items():
+            path = (*prefix, str(key))
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                self.origin[path] = source
+                self.merge(value, source, path, target[key])
+            else:
+                target[key] = copy.deepcopy(value)
+                for known in [p for p in self.origin if p[: len(path)] == path]:
+                    del self.origin[known]
+                self.origin[path] = source
+                if isinstance(value, dict):
+                    self._mark(value, source, path)
+
+    def _mark(self, value: dict, source: Path, prefix: tuple[str, ...]) -> None:
+        for key, item in value.items():
+            self.origin[(*prefix, str(key))] = source
+            if isinstance(item, dict):
+                self._mark(item, source, (*prefix, str(key)))
+
+    def file_of(self, dotted: str, default: Path) -> Path:
+        parts = tuple(re.sub(r"\[\d+\]", "", dotted).split("."))
+        for n in range(len(parts), 0, -1):
+            if parts[:n] in self.origin:
+                return self.origin[parts[:n]]
+        return default
+
+
+def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{shown}: cannot read ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{shown}: {where}YAML syntax error: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{shown}: YAML error: {str(error).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{shown}: the top level must be a mapping, got {type(data).__name__}")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{shown}: {key}: unknown top-level key{suggest(str(key), TOP_LEVEL_KEYS)}")
+    return data
+
+
+def _load_document(path: Path, shown: str, document: _Document, stack: tuple[Path, ...]) -> None:
+    stack = (*stack, path.resolve())
+    data = _read_yaml(path, shown)
+    includes = data.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{shown}: include: expected a file name or a list of file names")
+    for include in includes:
+        child = path.parent / include
+        if child.resolve() in stack:
+            chain = " -> ".join(p.name for p in (*stack, child.resolve()))
+            raise ConfigError(f"{shown}: include: include cycle ({chain})")
+        _load_document(child, include if Path(include).is_absolute() else str(child), document, stack)
+    if len(stack) > 1:
+        data.pop("name", None)  # an included file never names the experiment
+    document.merge(data, Path(shown))
+
+
+# --------------------------------------------------------------------------- expansion
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = target.setdefault(part, {})
+        if not isinstance(node, dict):
+            node = target[part] = {}
+        target = node
+    target[last] = value
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+class _Resolver:
+    """Turns the merged document into validated cells, reporting errors by file and key."""
+
+    def __init__(self, document: _Document, top: Path, shown: str) -> None:
+        self.doc = document
+        self.top = Path(shown)
+        data = document.data
+        self.name = data.get("name", top.stem)
+        if not isinstance(self.name, str) or not SAFE_NAME.match(self.name):
+            self.fail("name", f"must be letters, digits, '_', '-' or '.' (got {self.name!r})")
+        for section in ("base", "methods", "grid"):
+            if not isinstance(data.get(section, {}), dict):
+                self.fail(section, "expected a mapping")
+        self.base: dict[str, Any] = data.get("base") or {}
+        self.methods: dict[str, Any] = data.get("methods") or {}
+        self.grid: dict[str, Any] = data.get("grid") or {}
+        self.exclude = data.get("exclude") or []
+        load_plugins()
+        self._check_sections()
+
+    def fail(self, dotted: str, message: str) -> None:
+        raise ConfigError(f"{self.doc.file_of(dotted, self.top)}: {dotted}: {message}")
+
+    def _check_key(self, dotted: str, where: str) -> None:
+        head = dotted.split(".")[0]
+        if head in CELL_KEYS:
+            return
+        if head in METHODS:
+            if "." not in dotted:
+                self.fail(where, f"'{head}' is a method; write '{head}.PARAM'")
+            return
+        self.fail(where, f"unknown key '{head}'{suggest(head, [*CELL_KEYS, *METHODS.names()])}")
+
+    def _check_sections(self) -> None:
+        for key in self.base:
+            if key not in CELL_KEYS:
+                self.fail(f"base.{key}", f"unknown key{suggest(str(key), CELL_KEYS)}")
+        for name in self.methods:
+            if name not in METHODS:
+                self.fail(f"methods.{name}", f"unknown method{suggest(str(name), METHODS.names())}")
+        for key, values in self.grid.items():
+            self._check_key(str(key), f"grid.{key}")
+            if not isinstance(values, list) or not values:
+                self.fail(f"grid.{key}", "expected a non-empty list of values")
+        if not isinstance(self.exclude, list) or not all(isinstance(e, dict) for e in self.exclude):
+            self.fail("exclude", "expected a list of mappings")
+        self.exclude = [self._exclude_rule(i, rule) for i, rule in enumerate(self.exclude)]
+
+    def _exclude_rule(self, index: int, rule: dict[str, Any]) -> dict[str, list[Any]]:
+        """An exclude entry with list values and registered names in canonical form."""
+        normalised = {}
+        for key, value in rule.items():
+            where = f"exclude[{index}].{key}"
+            self._check_key(str(key), where)
+            values = value if isinstance(value, list) else [value]
+            registry = {"method": METHODS, "student": MODELS, "teacher.arch": MODELS}.get(key)
+            try:
+                if registry is not None:
+                    values = [registry.canonical(v) for v in values]
+                elif key == "dataset":
+                    values = [get_dataset(v).name for v in values]
+            except RegistryError as error:
+                self.fail(where, str(error))
+            normalised[str(key)] = values
+        return normalised
+
+    def _label(self, path: str, chosen: dict[str, int]) -> str:
+        """Where a cell value at ``path`` came from: a grid entry or the base block."""
+        for key, index in chosen.items():
+            if path == key or path.startswith((f"{key}.", f"{key}[")):
+                return f"grid.{key}[{index}]{path[len(key):]}"
+        return f"base.{path}"
+
+    def _method_params(self, entry: MethodEntry, dataset: str, combo: dict[str, tuple[int, Any]]) -> Any:
+        """Defaults, then the plugin's block and grid values, then the preset's fixed values,
+        then the preset's own block and grid values (so an ablation preset stays itself)."""
+        plugin = entry.plugin
+        params = plugin.default_params(dataset)
+
+        def layers_of(name: str) -> list[tuple[str, dict[str, Any]]]:
+            layers = [(f"methods.{name}", self.methods.get(name) or {})]
+            for key, (index, value) in combo.items():
+                head, _, field = key.partition(".")
+                if head == name and field:
+                    layers.append((f"grid.{key}[{index}]", {field: value}))
+            return layers
+
+        layers = layers_of(plugin.name)
+        if entry.name != plugin.name:
+            layers += [(f"preset {entry.name}", dict(entry.overrides)), *layers_of(entry.name)]
+        for where, values in layers:
+            try:
+                params = build(plugin.Params, values, "", base=params)
+            except SchemaError as error:
+                if where.startswith("grid."):
+                    self.fail(where, error.message)
+                self.fail(f"{where}.{error.path}" if error.path else where, error.message)
+        return params
+
+    def cell(self, combo: dict[str, tuple[int, Any]]) -> RunSpec:
+        data = copy.deepcopy(self.base)
+        chosen = {}
+        for key, (index, value) in combo.items():
+            if key.split(".")[0] in CELL_KEYS:
+                _set_dotted(data, key, copy.deepcopy(value))
+                chosen[key] = index
+        for required in ("method", "dataset", "student", "teacher"):
+            if required not in data:
+                self.fail("base", f"'{required}' is required (in base or grid)")
+        try:
+            settings = build(CellSettings, data)
+        except SchemaError as error:
+            self.fail(self._label(error.path, chosen), error.message)
+        for path, lookup in (("method", METHODS.get), ("dataset", get_dataset),
+                             ("student", MODELS.get), ("teacher.arch", MODELS.get)):
+            value = settings.teacher.arch if path == "teacher.arch" else getattr(settings, path)
+            try:
+                lookup(value)
+            except RegistryError as error:
+                self.fail(self._label(path, chosen), str(error))
+        entry = METHODS.get(settings.method)
+        canonical = {"method": entry.name, "dataset": get_dataset(settings.dataset).name,
+                     "student": MODELS.canonical(settings.student),
+                     "teacher": replace(settings.teacher, arch=MODELS.canonical(settings.teacher.arch))}
+        settings = replace(settings, **canonical)
+        settings = self._resolve_threat(settings, chosen)
+        params = self._method_params(entry, settings.dataset, combo)
+        return RunSpec(self.name, settings, entry, params)
+
+    def _resolve_threat(self, settings: CellSettings, chosen: dict[str, int]) -> CellSettings:
+        info = get_dataset(settings.dataset)
+        threat = settings.threat
+        epsilon = threat.epsilon if threat.epsilon is not None else info.epsilon
+        step = threat.step_size if threat.step_size is not None else info.step_size
+        if step > epsilon:
+            self.fail(self._label("threat.step_size", chosen), f"must be <= epsilon ({epsilon:g}), got {step:g}")
+        return replace(settings, threat=replace(threat, epsilon=epsilon, step_size=step))
+
+    def excluded(self, spec: RunSpec) -> bool:
+        flat = _flatten(to_plain(spec.settings))
+        for prefix in {spec.entry.plugin_name, spec.method}:
+            flat.update(_flatten(to_plain(spec.params), prefix))
+        return any(all(flat.get(key) in values for key, values in rule.items()) for rule in self.exclude)
+
+    def cells(self) -> list[RunSpec]:
+        keys = list(self.grid)
+        seen: dict[str, RunSpec] = {}
+        for indices in itertools.product(*(range(len(self.grid[k])) for k in keys)):
+            combo = {k: (i, self.grid[k][i]) for k, i in zip(keys, indices)}
+            spec = self.cell(combo)
+            if spec.relative_dir() not in seen and not self.excluded(spec):
+                seen[spec.relative_dir()] = spec
+        return list(seen.values())
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse, merge includes, expand and validate an experiment file.
+
+    Raises :class:`ConfigError` (one line: file, key path, problem) on any bad input.
+    """
+    path = Path(path)
+    document = _Document()
+    _load_document(path, str(path), document, ())
+    resolver = _Resolver(document, path, str(path))
+    cells = resolver.cells()
+    if not cells:
+        raise ConfigError(f"{path}: exclude: every cell of the grid is excluded")
+    return Experiment(resolver.name, path, cells)

@@ -1,0 +1,135 @@
+"""The one evaluation engine: per-sample predictions of a classifier under every attack.
+
+``evaluate`` runs the requested attacks (see :data:`harness.attacks.ATTACKS`) over a
+class-stratified subset of a test set and keeps, per attack, the sample indices, labels
+and predicted labels. A sample counts as robust only if it is also classified correctly
+clean: where the clean prediction is already wrong, the clean input itself is the
+adversarial example (as AutoAttack does). All metrics derive from these arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from harness.attacks import ATTACKS, AttackContext, attack_mode
+from harness.data import stratified_indices
+from harness.metrics import summarize
+
+
+@dataclass
+class Evaluation:
+    """Per-attack sample indices, labels and predictions, and the settings that made them."""
+
+    num_classes: int
+    class_names: list[str]
+    epsilon: float
+    step_size: float
+    aa_version: str
+    seed: int
+    indices: dict[str, np.ndarray] = field(default_factory=dict)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self, attack: str) -> dict[str, Any]:
+        return summarize(self.targets[attack], self.predictions[attack], self.num_classes, seed=self.seed)
+
+    def to_dict(self, dataset: str) -> dict[str, Any]:
+        """The JSON report: settings and, per attack, every metric (accuracies in percent)."""
+        return {
+            "dataset": dataset,
+            "n_eval": int(len(self.indices["clean"])) if "clean" in self.indices else None,
+            "epsilon": self.epsilon,
+            "step_size": self.step_size,
+            "aa_version": self.aa_version,
+            "seed": self.seed,
+            "class_names": list(self.class_names),
+            "attacks": {
+                name: {**self.metrics(name), "seconds": round(self.seconds[name], 3)} for name in self.predictions
+            },
+        }
+
+    def save_arrays(self, path: str | Path) -> None:
+        """Per-sample indices, labels and predictions as ``.npz`` (``<attack>_indices`` …)."""
+        arrays = {}
+        for name in self.predictions:
+            arrays |= {f"{name}_indices": self.indices[name], f"{name}_targets": self.targets[name],
+                       f"{name}_predictions": self.predictions[name]}
+        np.savez_compressed(path, **arrays)
+
+
+def _batches(dataset: Dataset, indices: np.ndarray, batch_size: int) -> DataLoader:
+    return DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    attacks: Sequence[str] = ("clean", "fgsm", "pgd20", "cw", "aa"),
+    *,
+    epsilon: float,
+    step_size: float,
+    num_classes: int,
+    n_eval: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    aa_version: str = "standard",
+    aa_n_eval: int | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate ``model`` on a class-stratified subset of ``n_eval`` samples (all if None).
+
+    ``dataset`` yields (image in [0,1], label) and has ``targets``; AutoAttack may use a
+    smaller stratified subset (``aa_n_eval``) of the evaluated samples.
+    """
+    for name in attacks:
+        ATTACKS.get(name)
+    device = torch.device(device)
+    targets_all = torch.as_tensor(dataset.targets)
+    indices = stratified_indices(targets_all, n_eval, seed).numpy()
+    context = AttackContext(epsilon=epsilon, step_size=step_size, seed=seed, aa_version=aa_version,
+                            batch_size=batch_size)
+    result = Evaluation(num_classes=num_classes, class_names=list(getattr(dataset, "class_names", [])),
+                        epsilon=epsilon, step_size=step_size, aa_version=aa_version, seed=seed)
+    model = model.to(device)
+    ordered = ["clean", *[a for a in attacks if a != "clean"]]
+    with attack_mode(model):
+        for name in ordered:
+            attack = ATTACKS.get(name)
+            subset = indices
+            if attack.whole_set and aa_n_eval is not None and aa_n_eval < len(indices):
+                subset = indices[stratified_indices(targets_all[indices], aa_n_eval, seed).numpy()]
+            start = time.perf_counter()
+            labels, predicted = [], []
+            bar = tqdm(total=len(subset), desc=attack.label, unit="img", disable=not progress, leave=False)
+            loader = _batches(dataset, subset, len(subset) if attack.whole_set else batch_size)
+            for batch, (x, y) in enumerate(loader):
+                x, y = x.to(device), y.to(device)
+                step = AttackContext(**{**context.__dict__, "seed": seed * 1_000_003 + batch})
+                predicted.append(attack.run(model, x, y, step).cpu())
+                labels.append(y.cpu())
+                bar.update(len(y))
+            bar.close()
+            y_np = torch.cat(labels).numpy()
+            pred_np = torch.cat(predicted).numpy()
+            if name != "clean":
+                clean = dict(zip(result.indices["clean"].tolist(), result.predictions["clean"].tolist()))
+                clean_pred = np.array([clean[i] for i in subset.tolist()])
+                pred_np = np.where(clean_pred == y_np, pred_np, clean_pred)
+            result.indices[name], result.targets[name], result.predictions[name] = subset, y_np, pred_np
+            result.seconds[name] = time.perf_counter() - start
+    if "clean" not in attacks:
+        for store in (result.indices, result.targets, result.predictions, result.seconds):
+            store.pop("clean")
+    return result

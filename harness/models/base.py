@@ -1,0 +1,93 @@
+"""The classifier contract every architecture follows.
+
+A model is a sequence of named *stages* (module attributes run in order) followed by a
+``tail`` (global pooling + linear layer). This gives every method what it needs:
+
+- ``features(x, layer)``: the output of stage ``layer`` (FERD's f_l^T, Eq. 4);
+- ``head(z, layer)``: the rest of the network after ``layer`` (FERD's f_{l+}^T), so that
+  ``head(features(x, l), l)`` is exactly ``forward(x)``;
+- ``forward_blocks(x)``: logits and the outputs of ``block_layers`` (attention transfer);
+- ``bn_layers()``: every BatchNorm2d, for DeepInversion statistics hooks.
+
+Inputs are images in [0, 1]; a model that wants normalisation carries it in
+``input_mean`` / ``input_std`` and applies it inside ``features``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+
+
+class Classifier(nn.Module):
+    """Base class: subclasses set ``stages``, ``feature_layers``, ``block_layers``
+    and implement ``tail``."""
+
+    stages: tuple[str, ...] = ()
+    feature_layers: tuple[str, ...] = ()
+    block_layers: tuple[str, ...] = ()
+    default_feature_layer: str = ""
+
+    def __init__(
+        self,
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if (input_mean is None) != (input_std is None):
+            raise ValueError("input_mean and input_std must be given together")
+        self.normalizes = input_mean is not None
+        if self.normalizes:
+            self.register_buffer("input_mean", torch.tensor(input_mean).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("input_std", torch.tensor(input_std).view(1, -1, 1, 1), persistent=False)
+
+    def tail(self, z: torch.Tensor) -> torch.Tensor:
+        """Pooling and classifier after the last stage."""
+        raise NotImplementedError
+
+    def _check_layer(self, layer: str) -> int:
+        if layer not in self.feature_layers:
+            raise HarnessError(
+                f"{type(self).__name__} has no feature layer '{layer}' "
+                f"(choose from {', '.join(self.feature_layers)})"
+            )
+        return self.stages.index(layer)
+
+    def features(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """Output of stage ``layer`` for images ``x`` in [0, 1]."""
+        last = self._check_layer(layer)
+        if self.normalizes:
+            x = (x - self.input_mean) / self.input_std
+        for name in self.stages[: last + 1]:
+            x = getattr(self, name)(x)
+        return x
+
+    def head(self, z: torch.Tensor, layer: str) -> torch.Tensor:
+        """Logits from the output ``z`` of stage ``layer``."""
+        first = self._check_layer(layer) + 1
+        for name in self.stages[first:]:
+            z = getattr(self, name)(z)
+        return self.tail(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = self.feature_layers[-1]
+        return self.head(self.features(x, last), last)
+
+    def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the outputs of ``block_layers`` in order (for attention transfer)."""
+        if self.normalizes:
+            x = (x - self.input_mean) / self.input_std
+        blocks = []
+        for name in self.stages:
+            x = getattr(self, name)(x)
+            if name in self.block_layers:
+                blocks.append(x)
+        return self.tail(x), blocks
+
+    def bn_layers(self) -> list[nn.BatchNorm2d]:
+        """Every BatchNorm2d of the model, in module order."""
+        return [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]

@@ -1,0 +1,1 @@
+"""Method plugins: one file per method; each registers itself with ``register_method``."""

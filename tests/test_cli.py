@@ -1,0 +1,104 @@
+"""The command line as a user meets it: `python -m harness ...` in a subprocess."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VALID = """
+base:
+  dataset: synthetic
+  student: resnet8
+  teacher: {arch: cnn5}
+  schedule: {epochs: 2, warmup_epochs: 0}
+grid:
+  method: [toy, toy-zero, toy-code]
+  seed: [0, 1]
+"""
+
+
+def harness(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HARNESS_PLUGINS": "tests.toy_method"}
+    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_subcommands(tmp_path):
+    result = harness("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for name in ("list", "validate"):
+        assert name in result.stdout
+
+
+def test_list_names(tmp_path):
+    models = harness("list", "models", cwd=tmp_path).stdout.split()
+    for name in ("resnet18", "mobilenetv2", "wrn-34-10", "wrn-34-20", "preactresnet18", "preactresnet34",
+                 "cnn5", "resnet8", "mobilenetv2-tiny"):
+        assert name in models
+    datasets = harness("list", "datasets", cwd=tmp_path).stdout.split()
+    assert datasets == ["cifar10", "cifar100", "tinyimagenet", "fashion-mnist", "synthetic"]
+    methods = harness("list", "methods", cwd=tmp_path).stdout.split()
+    assert {"toy", "toy-zero", "toy-code"} <= set(methods)
+
+
+def test_validate_prints_cell_count(tmp_path):
+    (tmp_path / "exp.yaml").write_text(VALID)
+    result = harness("validate", "exp.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "exp.yaml: 6 cells (experiment 'exp')"
+    verbose = harness("validate", "-v", "exp.yaml", cwd=tmp_path).stdout.splitlines()
+    assert len(verbose) == 7
+    assert re.fullmatch(r"exp/synthetic/toy/resnet8/seed0-[0-9a-f]{10}", verbose[0])
+
+
+BAD = {
+    "unknown-method": (VALID.replace("toy-code", "toy-cod"), "grid.method[2]: unknown method 'toy-cod' (did you mean 'toy-code'?)"),
+    "unknown-model": (VALID.replace("cnn5", "cnn6"), "base.teacher.arch: unknown model 'cnn6' (did you mean 'cnn5'?)"),
+    "unknown-dataset": (VALID.replace("synthetic", "fashion_mnist"), "unknown dataset 'fashion_mnist' (did you mean 'fashion-mnist'?)"),
+    "unknown-key": (VALID.replace("warmup_epochs", "warmup"), "base.schedule.warmup: unknown key (did you mean 'warmup_epochs'?)"),
+    "wrong-type": (VALID.replace("epochs: 2", "epochs: [2]"), "base.schedule.epochs: expected an integer, got list [2]"),
+    "negative-epsilon": (VALID + "  threat.epsilon: [-0.1]\n", "grid.threat.epsilon[0]: must be > 0, got -0.1"),
+    "zero-epochs": (VALID.replace("epochs: 2", "epochs: 0"), "base.schedule.epochs: must be >= 1, got 0"),
+    "yaml-syntax": (VALID.replace("{arch: cnn5}", "{arch: cnn5"), "YAML syntax error"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
+    text, expected = BAD[case]
+    (tmp_path / "exp.yaml").write_text(text)
+    before = sorted(tmp_path.rglob("*"))
+    result = harness("validate", "exp.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: exp.yaml")
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_missing_file_and_include_cycle(tmp_path):
+    result = harness("validate", "nope.yaml", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, "error: nope.yaml: file not found\n")
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    result = harness("validate", "a.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: b.yaml: include: include cycle (a.yaml -> b.yaml -> a.yaml)"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = textwrap.dedent(readme.split("```bash", 1)[1].split("```", 1)[0]).strip().splitlines()
+    assert len(block) == 2
+    assert "pytest" in block[1]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert block[1] in ci
