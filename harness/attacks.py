@@ -23,16 +23,17 @@ from harness.registry import Registry
 @contextmanager
 def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and ``requires_grad_(False)`` on the parameters, restored on exit."""
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     model.requires_grad_(False)
     try:
         yield model
     finally:
-        for p, flag in zip(model.parameters(), flags):
+        for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -98,29 +99,26 @@ def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: 
     try:
         from pyautoattack import AutoAttack
 
-        if version == "standard":
-            adversary = AutoAttack(model, eps=epsilon, norm="Linf", version="standard", seed=seed, device=x.device)
-        else:
-            adversary = AutoAttack(model, eps=epsilon, norm="Linf", version="custom", seed=seed, device=x.device,
-                                   attacks=["apgd-ce", "apgd-t"])
-        adversary.apgd.n_restarts = 1
-        adversary.apgd_targeted.n_target_classes = min(9, num_classes - 1)
-        adversary.fab.n_target_classes = min(9, num_classes - 1)
-        _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-        return y_adv
+        official = False
     except ImportError:
-        pass
-    try:
-        from autoattack import AutoAttack as OfficialAutoAttack
-    except ImportError:
-        raise HarnessError("AutoAttack is not installed: pip install pyautoattack") from None
-    kwargs = {"attacks_to_run": ["apgd-ce", "apgd-t"]} if version == "fast" else {}
-    adversary = OfficialAutoAttack(model, norm="Linf", eps=epsilon, seed=seed, device=x.device,
-                                   version="standard" if version == "standard" else "custom", **kwargs)
+        try:
+            from autoattack import AutoAttack
+        except ImportError:
+            raise HarnessError("AutoAttack is not installed: pip install pyautoattack") from None
+        official = True
+    if version == "standard":
+        adversary = AutoAttack(model, eps=epsilon, norm="Linf", version="standard", seed=seed, device=x.device)
+    else:
+        attacks = ["apgd-ce", "apgd-t"]
+        extra = {"attacks_to_run": attacks} if official else {"attacks": attacks}
+        adversary = AutoAttack(model, eps=epsilon, norm="Linf", version="custom", seed=seed, device=x.device, **extra)
     adversary.apgd.n_restarts = 1
     adversary.apgd_targeted.n_target_classes = min(9, num_classes - 1)
     adversary.fab.n_target_classes = min(9, num_classes - 1)
-    _, y_adv = adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
+    if official:
+        _, y_adv = adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
+    else:
+        _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return y_adv
 
 

@@ -67,6 +67,93 @@ def validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset name (see `list datasets`)")
+    parser.add_argument("--model", required=True, help="architecture (see `list models`)")
+    parser.add_argument("--checkpoint", required=True, help="state dict file (weights_only loading)")
+    parser.add_argument("--attacks", default="clean,fgsm,pgd20,cw,aa", help="comma-separated: clean,fgsm,pgd20,cw,aa")
+    parser.add_argument("--aa-version", choices=("standard", "fast"), default="standard",
+                        help="AutoAttack: standard, or fast = APGD-CE + APGD-T (label it in tables)")
+    parser.add_argument("--n-eval", type=_positive_int, help="class-stratified test subset (default: all)")
+    parser.add_argument("--aa-n-eval", type=_positive_int, help="smaller stratified subset for AutoAttack")
+    parser.add_argument("--epsilon", type=float, help="L-inf budget (default: the dataset's)")
+    parser.add_argument("--step-size", type=float, help="PGD/CW step (default: the dataset's)")
+    parser.add_argument("--batch-size", type=_positive_int, default=256)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--seed", type=int, default=0, help="subset and random-start seed")
+    parser.add_argument("--data-root", help="dataset folder (default: $HARNESS_DATA or ./data)")
+    parser.add_argument("--download", action="store_true", help="download the dataset if missing")
+    parser.add_argument("--out", help="write the JSON report here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` is the first GPU when there is one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(f"--device {name}: no CUDA device is available")
+    return name
+
+
+@command("eval", "evaluate a checkpoint under clean, FGSM, PGD-20, CW and AutoAttack, per class", _eval_arguments)
+def evaluate_checkpoint(args: argparse.Namespace) -> int:
+    from harness.attacks import ATTACKS
+    from harness.checkpoint import load_model
+    from harness.data import get_dataset
+    from harness.evaluate import evaluate, per_class_table
+    from harness.store import atomic_write_json
+
+    info = get_dataset(args.dataset)
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    for name in attacks:
+        ATTACKS.canonical(name)
+    for flag, value in (("--epsilon", args.epsilon), ("--step-size", args.step_size)):
+        if value is not None and not 0 < value <= 1:
+            raise HarnessError(f"{flag}: must be in (0, 1], got {value}")
+    device = resolve_device(args.device)
+    model = load_model(args.model, args.checkpoint, info)
+    test = info.load("test", args.data_root, args.download)
+    result = evaluate(model, test, attacks, epsilon=args.epsilon or info.epsilon,
+                      step_size=args.step_size or info.step_size, num_classes=info.num_classes,
+                      n_eval=args.n_eval, aa_n_eval=args.aa_n_eval, batch_size=args.batch_size, device=device,
+                      seed=args.seed, aa_version=args.aa_version, progress=not args.quiet)
+    report = {"model": args.model, "checkpoint": str(args.checkpoint), **result.to_dict(info.name)}
+    print(per_class_table(report).to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
+    if args.out:
+        atomic_write_json(args.out, report)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _teacher_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("train",), help="train: adversarial training from a YAML recipe")
+    parser.add_argument("config", help="teacher recipe, e.g. experiments/teachers/fashion-mnist.yaml")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command("teacher", "train a robust teacher (PGD-AT or TRADES); re-running resumes", _teacher_arguments)
+def teacher(args: argparse.Namespace) -> int:
+    from harness.teacher import load_training_config, per_class_table, train_teacher
+
+    config = load_training_config(args.config)
+    report = train_teacher(config, device=resolve_device(args.device), progress=not args.quiet,
+                           command=f"python -m harness teacher train {args.config}")
+    print(per_class_table(report).to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
+    print(f"wrote {config.output}/{report['checkpoint']} (sha256 {report['sha256'][:12]}…) and its report")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness",

@@ -36,6 +36,7 @@ class Evaluation:
     step_size: float
     aa_version: str
     seed: int
+    n_eval: int
     indices: dict[str, np.ndarray] = field(default_factory=dict)
     targets: dict[str, np.ndarray] = field(default_factory=dict)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
@@ -48,7 +49,7 @@ class Evaluation:
         """The JSON report: settings and, per attack, every metric (accuracies in percent)."""
         return {
             "dataset": dataset,
-            "n_eval": int(len(self.indices["clean"])) if "clean" in self.indices else None,
+            "n_eval": self.n_eval,
             "epsilon": self.epsilon,
             "step_size": self.step_size,
             "aa_version": self.aa_version,
@@ -101,7 +102,8 @@ def evaluate(
     context = AttackContext(epsilon=epsilon, step_size=step_size, seed=seed, aa_version=aa_version,
                             batch_size=batch_size)
     result = Evaluation(num_classes=num_classes, class_names=list(getattr(dataset, "class_names", [])),
-                        epsilon=epsilon, step_size=step_size, aa_version=aa_version, seed=seed)
+                        epsilon=epsilon, step_size=step_size, aa_version=aa_version, seed=seed,
+                        n_eval=len(indices))
     model = model.to(device)
     ordered = ["clean", *[a for a in attacks if a != "clean"]]
     with attack_mode(model):
@@ -133,3 +135,18 @@ def evaluate(
         for store in (result.indices, result.targets, result.predictions, result.seconds):
             store.pop("clean")
     return result
+
+
+def per_class_table(report: dict[str, Any]) -> "pandas.DataFrame":
+    """Class names as rows, attacks as columns, then Avg / Worst / Worst-10% / NSD rows."""
+    import pandas
+
+    from harness.attacks import ATTACKS
+
+    columns = {}
+    for name, metrics in report["attacks"].items():
+        label = ATTACKS.get(name).label + (" (fast)" if name == "aa" and report["aa_version"] == "fast" else "")
+        columns[label] = [*metrics["per_class"], metrics["avg"], metrics["worst"], metrics["worst10"],
+                          metrics["nsd"]]
+    index = [*report["class_names"], "Avg", "Worst", "Worst-10%", "NSD"]
+    return pandas.DataFrame(columns, index=index)

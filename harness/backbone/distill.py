@@ -1,0 +1,62 @@
+"""The robust distillation step shared by the DFKD baselines (RSLAD conversion, METHODS.md §0).
+
+x_adv = KL-PGD on the student: start at x + 0.001·N(0, 1), ``steps`` signed steps of α
+maximising Σ KL(T(x) ‖ S(x_adv)), projected to the ε-ball and [0, 1];
+L_S = w_adv · KL(T(x) ‖ S(x_adv)) + w_clean · KL(T(x) ‖ S(x)), teacher logits from clean x.
+KL is averaged over the batch (RSLAD's code averages over batch × classes, i.e. KL / C).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.attacks import attack_mode, project
+
+
+def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
+    """KL(softmax(teacher) ‖ softmax(student)); ``batchmean`` or per-sample (``none``)."""
+    log_student = F.log_softmax(student_logits, dim=1)
+    log_teacher = F.log_softmax(teacher_logits, dim=1)
+    per_sample = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)
+    return per_sample.mean() if reduction == "batchmean" else per_sample
+
+
+def kl_pgd(
+    student: nn.Module,
+    x: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    init_std: float = 0.001,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Adversarial examples maximising KL(T(x) ‖ S(x_adv)) on the student in eval mode."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_adv = project(x + init_std * noise, x, epsilon)
+    target = teacher_logits.detach()
+    with attack_mode(student):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = kl_divergence(target, student(x_adv), reduction="none").sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = project(x_adv.detach() + step_size * grad.sign(), x, epsilon)
+    return x_adv.detach()
+
+
+def rslad_loss(
+    teacher_logits: torch.Tensor,
+    student_clean_logits: torch.Tensor,
+    student_adv_logits: torch.Tensor,
+    *,
+    adv_weight: float = 5 / 6,
+    clean_weight: float = 1 / 6,
+) -> torch.Tensor:
+    """L_S = w_adv·KL(T(x) ‖ S(x_adv)) + w_clean·KL(T(x) ‖ S(x)) (RSLAD, batch-mean KL)."""
+    target = teacher_logits.detach()
+    return adv_weight * kl_divergence(target, student_adv_logits) + clean_weight * kl_divergence(
+        target, student_clean_logits
+    )

@@ -1,0 +1,62 @@
+"""Loading classifiers from checkpoint files (``weights_only=True``, clear one-line errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.data import DatasetInfo
+from harness.errors import HarnessError
+from harness.models import Classifier, create_model
+from harness.models.wrn import clean_state_dict
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``: a bare one, or under ``state_dict`` / ``model`` keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"{path}: checkpoint not found")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt or unsafe files
+        reason = " ".join(str(error).split())[:160]
+        raise HarnessError(f"{path}: not a loadable PyTorch checkpoint ({reason})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(content, dict) and isinstance(content.get(key), dict):
+            content = content[key]
+    if not isinstance(content, dict) or not content or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()
+    ):
+        raise HarnessError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
+    return clean_state_dict(content)
+
+
+def load_model(arch: str, checkpoint: str | Path | None, info: DatasetInfo) -> Classifier:
+    """Architecture ``arch`` for dataset ``info``, with weights from ``checkpoint`` if given."""
+    model = create_model(arch, in_channels=info.channels, num_classes=info.num_classes, image_size=info.image_size)
+    if checkpoint is None:
+        return model
+    state = read_state_dict(checkpoint)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise HarnessError(
+            f"{checkpoint}: does not fit architecture '{arch}' "
+            f"({len(missing)} missing and {len(unexpected)} unexpected keys, e.g. {detail})"
+        )
+    classifier = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
+    outputs = state[f"{classifier}.weight"].shape[0]
+    if outputs != info.num_classes:
+        raise HarnessError(f"{checkpoint}: the model has {outputs} outputs but {info.name} has {info.num_classes} classes")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise HarnessError(
+                f"{checkpoint}: '{key}' has shape {tuple(value.shape)}, architecture '{arch}' on "
+                f"{info.name} expects {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state)
+    return model
