@@ -154,6 +154,39 @@ def teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="experiment YAML file")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--results", default="results", help="the run store (default: ./results)")
+    parser.add_argument("--mode", choices=("cached", "retry", "force"), default="cached",
+                        help="cached: skip done cells, resume interrupted ones; retry: also rerun failed; force: all")
+    parser.add_argument("--dry-run", action="store_true", help="list each cell's state and run nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command("run", "validate an experiment and run its pending cells", _run_arguments)
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.config import load_experiment
+    from harness.runner import cell_state, check_results_folder, run_experiment, selected
+
+    experiment = load_experiment(args.file)
+    results = Path(args.results)
+    if args.dry_run:
+        for spec in experiment.cells:
+            state = cell_state(results / spec.relative_dir())
+            action = "run" if selected(state, args.mode) else "skip"
+            print(f"{state:<12} {action:<5} {spec.relative_dir()}")
+        return 0
+    device = resolve_device(args.device)
+    check_results_folder(results)
+    outcome = run_experiment(experiment, results, device=device, mode=args.mode, progress=not args.quiet)
+    print(f"{experiment.name}: {outcome['done']} done, {outcome['failed']} failed, "
+          f"{outcome['skipped']} skipped (already finished)")
+    return 1 if outcome["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness",

@@ -71,6 +71,7 @@ class Schedule:
     pool_size: int = param(50_000, ge=1, doc="most synthetic images kept in the pool")
     checkpoint_every: int = param(1, ge=1, doc="epochs between checkpoints")
     history_every: int = param(10, ge=1, doc="epochs between held-out accuracy probes")
+    probe_n: int = param(500, ge=10, doc="stratified training-split images in each probe")
 
     def __post_init__(self) -> None:
         if self.warmup_epochs >= self.epochs:

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from harness.errors import HarnessError
@@ -402,3 +403,24 @@ def stratified_indices(targets: torch.Tensor | Sequence[int], n: int | None, see
         members = torch.nonzero(targets == label).flatten()
         chosen.append(members[torch.randperm(len(members), generator=generator)[: quota[c]]])
     return torch.cat(chosen).sort().values
+
+
+def augment_batch(x: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding of size/8, and a horizontal flip where natural.
+
+    Random draws come from the CPU ``generator``; ``x`` may live on any device.
+    """
+    pad = max(1, info.image_size // 8)
+    padded = F.pad(x, (pad,) * 4)
+    n, channels, h, w = x.shape
+    device = x.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(device)
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    out = padded[batch, torch.arange(channels, device=device)[None, :, None, None], rows, cols]
+    if info.hflip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out

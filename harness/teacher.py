@@ -28,7 +28,7 @@ from tqdm import tqdm
 from harness.attacks import attack_mode, pgd, project
 from harness.checkpoint import load_model
 from harness.config import ConfigError, EvalSpec, TeacherSpec, ThreatModel
-from harness.data import DatasetInfo, get_dataset
+from harness.data import DatasetInfo, augment_batch, get_dataset
 from harness.errors import HarnessError
 from harness.evaluate import evaluate, per_class_table
 from harness.models import MODELS, Classifier, create_model
@@ -106,22 +106,6 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thre
     return F.cross_entropy(logits, y) + beta * robust
 
 
-def augment(x: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding of size/8, and a horizontal flip where natural."""
-    pad = max(1, info.image_size // 8)
-    padded = F.pad(x, (pad,) * 4)
-    n, channels, h, w = x.shape
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    out = padded[torch.arange(n)[:, None, None, None], torch.arange(channels)[None, :, None, None], rows, cols]
-    if info.hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    return out
-
-
 # --------------------------------------------------------------------------- training
 def _scheduler(optimizer: torch.optim.Optimizer, config: TeacherTraining, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
@@ -186,7 +170,7 @@ def train_teacher(config: TeacherTraining, *, device: str = "cpu", progress: boo
         for x, y in bar:
             x, y = x.to(device), y.to(device)
             if config.augment:
-                x = augment(x.cpu(), info, augment_generator).to(device)
+                x = augment_batch(x, info, augment_generator)
             if config.objective == "trades":
                 loss = trades_loss(model, x, y, config.threat, config.trades_beta)
             else:

@@ -15,7 +15,8 @@ from harness.config import TeacherSpec, ThreatModel
 from harness.data import get_dataset
 from harness.errors import HarnessError
 from harness.models import create_model
-from harness.teacher import augment, load_teacher, load_training_config, sha256_of, trades_loss
+from harness.data import augment_batch
+from harness.teacher import load_teacher, load_training_config, sha256_of, trades_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """
@@ -102,7 +103,7 @@ def test_trades_loss_reduces_to_cross_entropy_when_beta_is_zero():
 
 def test_augment_crops_within_padding_and_flips_only_where_natural():
     x = torch.rand(8, 3, 16, 16)
-    out = augment(x, get_dataset("synthetic"), torch.Generator().manual_seed(0))
+    out = augment_batch(x, get_dataset("synthetic"), torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     # every output is a shifted copy: its non-padded content appears in the input
     assert any(torch.equal(out[i, :, 4:12, 4:12], x[i, :, 4 + dy:12 + dy, 4 + dx:12 + dx])

@@ -25,6 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from harness.backbone.cost import Cost
+from harness.backbone.distill import kl_pgd, rslad_loss
+from harness.data import DatasetInfo
 from harness.errors import HarnessError
 from harness.registry import Registry
 
@@ -34,18 +41,75 @@ class NoParams:
     """Hyper-parameters of a method that has none."""
 
 
+@dataclass
+class MethodContext:
+    """What the trainer hands a method: models, data facts, budget, device and cost meter."""
+
+    teacher: nn.Module
+    student: nn.Module
+    info: DatasetInfo
+    epsilon: float
+    step_size: float
+    attack_steps: int
+    batch_size: int
+    generator_steps: int
+    pool_size: int
+    device: torch.device
+    cost: Cost
+    train_data: Dataset | None = None
+
+
 class Method:
-    """Base class of every method plugin (see the module docstring for the hooks)."""
+    """Base class of every method plugin (see the module docstring for the hooks).
+
+    Subclasses implement ``synthesize`` and ``sample``; ``adversarial`` and
+    ``student_loss`` default to the RSLAD conversion (KL-PGD on the student, Eq. of
+    METHODS.md §0). State that must survive a restart goes through ``state_dict``.
+    """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     Params: ClassVar[type] = NoParams
     needs_train_data: ClassVar[bool] = False
 
+    def __init__(self, params: Any, context: MethodContext) -> None:
+        self.params = params
+        self.ctx = context
+
     @classmethod
     def default_params(cls, dataset: str) -> Any:
         """Defaults for ``dataset`` (plugins override to give per-dataset defaults)."""
         return cls.Params()
+
+    def synthesize(self, epoch: int) -> dict[str, float]:
+        """The generation stage of one epoch; returns numbers for the history."""
+        raise NotImplementedError
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Clean synthetic images in [0, 1] for one student step (and labels if the method has them)."""
+        raise NotImplementedError
+
+    def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Adversarial examples for the distillation step (default: KL-PGD on the student)."""
+        return kl_pgd(self.ctx.student, x, teacher_logits, epsilon=self.ctx.epsilon, step_size=self.ctx.step_size,
+                      steps=self.ctx.attack_steps, generator=generator)
+
+    def student_loss(self, x: torch.Tensor, x_adv: torch.Tensor, teacher_logits: torch.Tensor,
+                     labels: torch.Tensor | None) -> torch.Tensor:
+        """The distillation loss (default: RSLAD, 5/6 on adversarial + 1/6 on clean)."""
+        student = self.ctx.student
+        return rslad_loss(teacher_logits, student(x), student(x_adv))
+
+    def end_of_epoch(self, epoch: int) -> dict[str, Any]:
+        """After the student steps of an epoch (e.g. FERD's reweighting); numbers for the history."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state to checkpoint (generators, optimizers, pools, weights)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 @dataclass(frozen=True)

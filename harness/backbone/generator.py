@@ -1,0 +1,49 @@
+"""The shared DCGAN-style generator (METHODS.md §0), sized to the dataset.
+
+z (nz) → Linear → BN → [Upsample×2 → Conv3×3 → BN → LeakyReLU(0.2)] ×2 → Conv3×3 → Sigmoid,
+starting at H/4 so it yields C×H×W images in [0, 1] (28×28 starts at 7×7).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Generator(nn.Module):
+    def __init__(self, nz: int, channels: int, image_size: int, width: int = 64) -> None:
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"image size {image_size} is not divisible by 4")
+        self.nz, self.start = nz, image_size // 4
+        wide = 2 * width
+        self.project = nn.Linear(nz, wide * self.start**2)
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(wide),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(wide, wide, 3, padding=1, bias=False),
+            nn.BatchNorm2d(wide),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(wide, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, channels, 3, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.project(z)
+        return self.body(x.view(len(z), -1, self.start, self.start))
+
+    def reset(self) -> None:
+        """Re-initialise as CMI/FERD do each round: conv/linear N(0, 0.02), BN γ N(1, 0.02), β 0."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+                module.reset_running_stats()

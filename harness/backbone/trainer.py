@@ -1,0 +1,214 @@
+"""The shared trainer loop: one grid cell from its spec to ``metrics.json`` (DESIGN.md, Result store).
+
+Per epoch (METHODS.md §0, "Distillation schedule"): the method's generation round
+(``synthesize``), then — after the warm-up epochs — T_s student steps on batches from
+``sample`` with the method's ``adversarial`` examples and ``student_loss`` (student SGD,
+cosine over the student steps), then ``end_of_epoch``. Every ``history_every`` epochs the
+student's clean and PGD-20 accuracy on a small stratified subset of the *training* split
+(data the data-free student never sees) goes into ``history.jsonl`` — for curves only; the
+result is always the last epoch. Checkpoints every ``checkpoint_every`` epochs hold the
+student, its optimizer and schedule, the method's state and the history; every epoch
+reseeds from (seed, epoch), so a killed run resumes where it stopped and ends as if it never had.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from harness.backbone.cost import Cost
+from harness.backbone.method import MethodContext
+from harness.config import RunSpec
+from harness.data import DatasetInfo, get_dataset
+from harness.errors import HarnessError
+from harness.evaluate import evaluate
+from harness.models import create_model
+from harness.store import atomic_write_bytes, atomic_write_json
+from harness.teacher import load_teacher
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+class RunFailed(HarnessError):
+    """A run that cannot go on (e.g. a loss that became NaN); recorded in status.json."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "git_commit": commit, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "host": socket.gethostname(), "threads": torch.get_num_threads(), "argv": sys.argv,
+    }
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class Trainer:
+    """Trains and evaluates the student of one cell in ``run_dir``."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, device: str | torch.device = "cpu", progress: bool = True) -> None:
+        self.spec, self.run_dir, self.progress = spec, Path(run_dir), progress
+        self.device = torch.device(device)
+        settings = spec.settings
+        self.schedule, self.threat = settings.schedule, settings.threat
+        self.info: DatasetInfo = get_dataset(settings.dataset)
+        self.cost = Cost()
+        self.teacher = load_teacher(settings.teacher, self.info, self.device)
+        self.cost.watch_teacher(self.teacher)
+        torch.manual_seed(settings.seed)
+        self.student = create_model(settings.student, in_channels=self.info.channels,
+                                    num_classes=self.info.num_classes, image_size=self.info.image_size).to(self.device)
+        plugin = spec.entry.plugin
+        train_data = self.info.load("train", settings.data_root) if plugin.needs_train_data else None
+        context = MethodContext(
+            teacher=self.teacher, student=self.student, info=self.info, epsilon=self.threat.epsilon,
+            step_size=self.threat.step_size, attack_steps=self.threat.train_steps,
+            batch_size=self.schedule.batch_size, generator_steps=self.schedule.generator_steps,
+            pool_size=self.schedule.pool_size, device=self.device, cost=self.cost, train_data=train_data)
+        self.method = plugin(spec.params, context)
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.schedule.lr,
+                                         momentum=self.schedule.momentum, weight_decay=self.schedule.weight_decay)
+        student_epochs = self.schedule.epochs - self.schedule.warmup_epochs
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=student_epochs * self.schedule.student_steps)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ persistence
+    def save(self) -> None:
+        _save_checkpoint(self.run_dir / CHECKPOINT, {
+            "epoch": self.epoch, "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
+            "cost": self.cost.to_dict(), "history": json.dumps(self.history)})
+
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one; True when resumed."""
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        self.cost.load(state["cost"])
+        self.history, self.epoch = json.loads(state["history"]), state["epoch"]
+        self._write_history()
+        return True
+
+    def _write_history(self) -> None:
+        text = "".join(json.dumps(line) + "\n" for line in self.history)
+        atomic_write_bytes(self.run_dir / "history.jsonl", text.encode())
+
+    # ------------------------------------------------------------------ training
+    def _student_steps(self, generator: torch.Generator) -> dict[str, float]:
+        self.student.train()
+        total = 0.0
+        for _ in range(self.schedule.student_steps):
+            with self.cost.stage("sample"):
+                x, labels = self.method.sample(self.schedule.batch_size, generator)
+            with torch.no_grad(), self.cost.stage("teacher"):
+                teacher_logits = self.teacher(x)
+            with self.cost.stage("adversarial"):
+                x_adv = self.method.adversarial(x, teacher_logits, generator)
+            with self.cost.stage("student"):
+                loss = self.method.student_loss(x, x_adv, teacher_logits, labels)
+                if not math.isfinite(loss.item()):
+                    raise RunFailed(f"student loss became {loss.item()} at epoch {self.epoch + 1}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+            total += loss.item()
+        return {"student_loss": total / self.schedule.student_steps, "lr": self.scheduler.get_last_lr()[0]}
+
+    def _probe(self) -> dict[str, float]:
+        """Clean / PGD-20 accuracy on a stratified subset of the training split (curves only)."""
+        split = "train" if self.info.has_train else "test"
+        data = self.info.load(split, self.spec.settings.data_root)
+        result = evaluate(self.student, data, ["clean", "pgd20"], epsilon=self.threat.epsilon,
+                          step_size=self.threat.step_size, num_classes=self.info.num_classes,
+                          n_eval=self.schedule.probe_n, batch_size=self.spec.settings.eval.batch_size,
+                          device=self.device, seed=self.spec.settings.seed, progress=False)
+        return {f"probe_{name}": result.metrics(name)["avg"] for name in ("clean", "pgd20")} | {
+            f"probe_{name}_worst": result.metrics(name)["worst"] for name in ("clean", "pgd20")}
+
+    def train(self) -> None:
+        schedule, seed = self.schedule, self.spec.settings.seed
+        bar = tqdm(total=schedule.epochs, initial=self.epoch, desc=f"{self.spec.method}/{self.spec.settings.student}",
+                   unit="epoch", disable=not self.progress, leave=False)
+        while self.epoch < schedule.epochs:
+            torch.manual_seed(epoch_seed(seed, self.epoch))
+            generator = torch.Generator().manual_seed(epoch_seed(seed, self.epoch) + 1)
+            line: dict[str, Any] = {"epoch": self.epoch + 1}
+            with self.cost.stage("synthesis"):
+                line |= self.method.synthesize(self.epoch)
+            if self.epoch >= schedule.warmup_epochs:
+                line |= self._student_steps(generator)
+            with self.cost.stage("end_of_epoch"):
+                line |= self.method.end_of_epoch(self.epoch)
+            self.epoch += 1
+            if self.epoch % schedule.history_every == 0 or self.epoch == schedule.epochs:
+                with self.cost.stage("probe"):
+                    line |= self._probe()
+            line["seconds"] = round(sum(self.cost.seconds.values()), 2)
+            self.history.append(line)
+            self._write_history()
+            if self.epoch % schedule.checkpoint_every == 0 or self.epoch == schedule.epochs:
+                self.save()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in line.items() if k in ("student_loss", "probe_pgd20")})
+        bar.close()
+
+    def evaluate(self) -> dict[str, Any]:
+        """Final evaluation of the last-epoch student on the test set; writes metrics.json."""
+        spec = self.spec.settings.eval
+        test = self.info.load("test", self.spec.settings.data_root)
+        with self.cost.stage("evaluation"):
+            result = evaluate(self.student, test, spec.attacks, epsilon=self.threat.epsilon,
+                              step_size=self.threat.step_size, num_classes=self.info.num_classes,
+                              n_eval=spec.n_eval, aa_n_eval=spec.aa_n_eval, batch_size=spec.batch_size,
+                              device=self.device, seed=self.spec.settings.seed, aa_version=spec.aa_version,
+                              progress=self.progress)
+        metrics = {"method": self.spec.method, "student": self.spec.settings.student, "key": self.spec.key,
+                   **result.to_dict(self.info.name)}
+        result.save_arrays(self.run_dir / "samples.npz")
+        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        _save_checkpoint(self.run_dir / "student.pt", self.student.state_dict())
+        return metrics
+
+
+def train_cell(spec: RunSpec, run_dir: Path, device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Train (resuming if possible) and evaluate one cell; write every file of its run folder."""
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / "config.json", spec.to_dict())
+    trainer = Trainer(spec, run_dir, device, progress)
+    atomic_write_json(run_dir / "env.json", environment(trainer.device))
+    trainer.resume()
+    trainer.train()
+    metrics = trainer.evaluate()
+    atomic_write_json(run_dir / "cost.json", trainer.cost.to_dict())
+    return metrics

@@ -1,0 +1,24 @@
+"""Noise control: the shared RSLAD distillation on uniform-noise images, with no synthesis.
+
+A data-free method that does not beat this control has learned nothing from the teacher
+beyond what random inputs reveal (DESIGN.md: the same loop on noise reaches chance level).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.backbone.method import Method, register_method
+
+
+@register_method("noise")
+class NoiseControl(Method):
+    version = "1"
+
+    def synthesize(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        info = self.ctx.info
+        shape = (batch_size, info.channels, info.image_size, info.image_size)
+        return torch.rand(shape, generator=generator).to(self.ctx.device), None
