@@ -1,0 +1,194 @@
+"""Shared DFRD machinery: BN-statistics hooks, generator, pool, cost, trainer and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from harness.backbone.bn_hooks import BNStatistics
+from harness.backbone.cost import Cost
+from harness.backbone.generator import Generator
+from harness.backbone.pool import ImagePool
+from harness.data import get_dataset
+from harness.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bn_statistics_equal_a_manual_computation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5))
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(6, 3, 8, 8)
+    stats = BNStatistics(model)
+    with stats.record():
+        model(x)
+    loss = stats.loss()
+    first = model[0](x)
+    second = model[3](model[2](model[1](first)))
+    expected = 0.0
+    for inputs, layer in ((first, model[1]), (second, model[4])):
+        mean = inputs.permute(1, 0, 2, 3).reshape(inputs.shape[1], -1).mean(1)
+        var = ((inputs - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3))
+        expected += torch.sqrt(((mean - layer.running_mean) ** 2).sum()) + torch.sqrt(((var - layer.running_var) ** 2).sum())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    model(x)  # outside record(): ignored
+    with pytest.raises(RuntimeError):
+        stats.loss()
+
+
+def test_bn_statistics_momentum_blends_rounds():
+    model = nn.Sequential(nn.BatchNorm2d(1)).eval()
+    stats = BNStatistics(model, momentum=0.9)
+    ones, threes = torch.ones(2, 1, 2, 2), 3 * torch.ones(2, 1, 2, 2)
+    with stats.record():
+        model(ones)
+    assert stats.loss().item() == pytest.approx(abs(1 - 0) + abs(0 - 1))  # mean 1 vs 0, var 0 vs 1
+    stats.end_round()
+    with stats.record():
+        model(threes)
+    blended_mean = 0.9 * 1 + 0.1 * 3
+    assert stats.loss().item() == pytest.approx(blended_mean + 1.0)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32), (3, 64), (3, 16)])
+def test_generator_shapes_and_range(channels, size):
+    generator = Generator(nz=100, channels=channels, image_size=size)
+    images = generator(torch.randn(4, 100))
+    assert images.shape == (4, channels, size, size)
+    assert images.min() >= 0 and images.max() <= 1
+    before = [p.clone() for p in generator.parameters()]
+    generator.reset()
+    assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+
+
+def test_pool_is_bounded_fifo_and_samples_in_range():
+    info = get_dataset("synthetic")
+    pool = ImagePool(capacity=10, info=info)
+    pool.add(torch.zeros(6, 3, 16, 16), torch.arange(6))
+    pool.add(torch.ones(6, 3, 16, 16))
+    assert len(pool) == 10
+    assert pool.labels.tolist() == [2, 3, 4, 5] + [-1] * 6
+    x, y = pool.sample(32, torch.Generator().manual_seed(0), augment=False)
+    assert x.dtype == torch.float32 and x.shape == (32, 3, 16, 16)
+    assert set(x.flatten().unique().tolist()) <= {0.0, 1.0}
+    restored = ImagePool(capacity=10, info=info)
+    restored.load_state_dict(pool.state_dict())
+    assert torch.equal(restored.images, pool.images)
+
+
+def test_cost_counts_teacher_queries():
+    teacher = create_model("resnet8", in_channels=3, num_classes=10, image_size=16).eval().requires_grad_(False)
+    cost = Cost()
+    cost.watch_teacher(teacher)
+    x = torch.rand(5, 3, 16, 16, requires_grad=True)
+    teacher(x).sum().backward()
+    with torch.no_grad():
+        teacher(torch.rand(3, 3, 16, 16))
+    assert (cost.teacher_forward_images, cost.teacher_backward_images) == (8, 5)
+
+
+EXPERIMENT = """
+base:
+  dataset: synthetic
+  student: resnet8
+  teacher: {{arch: cnn5, checkpoint: {teacher}}}
+  schedule: {{epochs: 3, warmup_epochs: 1, generator_steps: 2, student_steps: {steps}, batch_size: 16,
+              history_every: 1, probe_n: 20}}
+  threat: {{train_steps: 2}}
+  eval: {{attacks: [clean, pgd20], n_eval: 40}}
+grid:
+  method: [noise]
+"""
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "cnn5.pt"
+    torch.manual_seed(0)
+    torch.save(create_model("cnn5", in_channels=3, num_classes=10, image_size=16).state_dict(), path)
+    return path
+
+
+def harness_process(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_folder(results):
+    (folder,) = list(results.glob("*/synthetic/noise/resnet8/seed0-*"))
+    return folder
+
+
+def test_run_writes_the_run_folder_and_skips_done_cells(tmp_path, teacher_checkpoint):
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, steps=2))
+    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    folder = run_folder(tmp_path / "results")
+    for name in ("config.json", "status.json", "history.jsonl", "cost.json", "metrics.json", "env.json",
+                 "checkpoints/last.pt", "samples.npz"):
+        assert (folder / name).exists(), name
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert "student_loss" not in history[0] and "student_loss" in history[1]  # warm-up epoch
+    assert json.loads((folder / "status.json").read_text())["state"] == "done"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["attacks"]) == {"clean", "pgd20"} and metrics["n_eval"] == 40
+    cost = json.loads((folder / "cost.json").read_text())
+    assert cost["teacher_forward_images"] == 2 * 2 * 16  # 2 student epochs x 2 steps x batch 16
+    again = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0 and "0 done, 0 failed, 1 skipped" in out
+    dry = harness_process("run", "exp.yaml", "--dry-run", cwd=tmp_path)
+    out, _ = dry.communicate(timeout=120)
+    assert out.split()[:2] == ["done", "skip"]
+
+
+def test_killed_run_resumes_with_the_same_history(tmp_path, teacher_checkpoint):
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, steps=6))
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    (straight_dir / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, steps=6))
+    straight = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=straight_dir)
+
+    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    deadline = time.time() + 240
+    checkpoint = None
+    while time.time() < deadline and process.poll() is None:
+        found = list((tmp_path / "results").glob("*/synthetic/noise/resnet8/seed0-*/checkpoints/last.pt"))
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    straight.communicate(timeout=300)
+    folder = run_folder(tmp_path / "results")
+    assert json.loads((folder / "status.json").read_text())["state"] == "running"
+    dry = harness_process("run", "exp.yaml", "--dry-run", cwd=tmp_path)
+    assert dry.communicate(timeout=120)[0].split()[:2] == ["interrupted", "run"]
+    epoch = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= epoch < 3
+
+    resumed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    history = (folder / "history.jsonl").read_text().splitlines()
+    reference = (run_folder(straight_dir / "results") / "history.jsonl").read_text().splitlines()
+    assert len(history) == 3
+    # per-epoch reseeding: the resumed run's numbers equal the uninterrupted run's
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
+    assert strip(history) == strip(reference)
+    assert json.loads((folder / "status.json").read_text())["attempt"] == 2
