@@ -6,10 +6,11 @@ hyper-parameters as a frozen dataclass ``Params`` (fields declared with
 hooks the shared trainer calls each epoch (DESIGN.md, "The method contract"):
 
 - ``synthesize(epoch)``: the generation stage of one epoch (update generator/images, fill the pool);
-- ``sample(batch_size)``: clean synthetic images (and labels when the method has them);
-- ``adversarial(student, x)``: adversarial examples for the distillation step;
-- ``student_loss(...)``: the distillation loss;
-- ``end_of_epoch(epoch)``: e.g. FERD's class reweighting.
+- ``sample(batch_size, generator)``: clean synthetic images (and labels when the method has them);
+- ``adversarial(x, teacher_logits, generator)``: adversarial examples for the distillation step;
+- ``student_loss(x, x_adv, teacher_logits, labels)``: the distillation loss;
+- ``end_of_epoch(epoch)``: e.g. FERD's class reweighting;
+- ``state_dict()`` / ``load_state_dict(state)``: what a checkpoint must keep (weights_only-safe).
 
 ``register_method`` also registers *presets*: names for fixed overrides of the
 parameters (e.g. the FERD ablations), usable as method names in grids.
