@@ -58,6 +58,7 @@ class MethodContext:
     device: torch.device
     cost: Cost
     train_data: Dataset | None = None
+    warmup_epochs: int = 0  # generation-only epochs before student training (the schedule's)
 
 
 class Method:

@@ -87,7 +87,8 @@ class Trainer:
             teacher=self.teacher, student=self.student, info=self.info, epsilon=self.threat.epsilon,
             step_size=self.threat.step_size, attack_steps=self.threat.train_steps,
             batch_size=self.schedule.batch_size, generator_steps=self.schedule.generator_steps,
-            pool_size=self.schedule.pool_size, device=self.device, cost=self.cost, train_data=train_data)
+            pool_size=self.schedule.pool_size, device=self.device, cost=self.cost, train_data=train_data,
+            warmup_epochs=self.schedule.warmup_epochs)
         self.method = plugin(spec.params, context)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.schedule.lr,
                                          momentum=self.schedule.momentum, weight_decay=self.schedule.weight_decay)

@@ -1,0 +1,221 @@
+"""CMI and Fast: their losses on hand-computed fixtures, and both methods end to end (with resume)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from harness.models import create_model
+from methods.cmi import ChannelMeans, MemoryBank, decision_adversarial_loss, info_nce, local_view
+from methods.fast import meta_round
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- CMI pieces
+def test_decision_adversarial_loss_masks_disagreeing_samples():
+    teacher = torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.25, 0.75]]).log()
+    student = torch.tensor([[0.6, 0.4], [0.9, 0.1], [0.4, 0.6]]).log()
+    # samples 1 and 3 agree (argmax 0 and 1); sample 2 disagrees and counts as zero
+    kl_1 = 0.8 * math.log(0.8 / 0.6) + 0.2 * math.log(0.2 / 0.4)  # 0.0915163
+    kl_3 = 0.25 * math.log(0.25 / 0.4) + 0.75 * math.log(0.75 / 0.6)  # 0.0498568
+    expected = -(kl_1 + 0 + kl_3) / 3  # -0.0471244
+    assert decision_adversarial_loss(teacher, student).item() == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(-0.0471244, abs=1e-6)
+
+
+def test_info_nce_hand_example_and_diagonal_positives():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    keys = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
+    # cosine similarities [[0.6, 0], [0.8, 1]] / 0.1 -> logits [[6, 0], [8, 10]]
+    expected = (math.log(1 + math.exp(-6)) + math.log(1 + math.exp(-2))) / 2
+    assert info_nce(anchors, keys, 0.1).item() == pytest.approx(expected, rel=1e-5)
+
+    torch.manual_seed(0)
+    features = nn.functional.normalize(torch.randn(8, 16), dim=1)
+    shuffled = features[torch.tensor([1, 2, 3, 4, 5, 6, 7, 0])]
+    assert info_nce(features, features, 0.1) < info_nce(features, shuffled, 0.1)
+
+
+def test_cmi_features_are_channel_means_of_bn_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5))
+    model.eval()
+    means = ChannelMeans(model)
+    x = torch.randn(6, 3, 8, 8)
+    with means.record():
+        model(x)
+    first = model[0](x)
+    second = model[3](model[2](model[1](first)))
+    expected = torch.cat([first.mean(dim=(2, 3)), second.mean(dim=(2, 3))], dim=1)
+    assert means.dim == 9 and means.features().shape == (6, 9)
+    torch.testing.assert_close(means.features(), expected)
+    with means.record():
+        pass
+    with pytest.raises(RuntimeError):
+        means.features()
+
+
+def test_memory_bank_is_a_fifo_ring_of_pairs():
+    bank = MemoryBank(size=4, dim=2, device=torch.device("cpu"))
+    assert [len(t) for t in bank.sample(3)] == [0, 0]
+    bank.add(torch.ones(3, 2), -torch.ones(3, 2))
+    bank.add(2 * torch.ones(3, 2), -2 * torch.ones(3, 2))
+    assert len(bank) == 4 and bank.count == 6
+    global_features, local_features = bank.sample(4)
+    assert sorted(global_features[:, 0].tolist()) == [1, 2, 2, 2]
+    torch.testing.assert_close(local_features, -global_features)  # pairs stay together, in order
+    restored = MemoryBank(size=4, dim=2, device=torch.device("cpu"))
+    restored.load_state_dict(bank.state_dict())
+    assert torch.equal(restored.data, bank.data) and restored.count == 6
+
+
+def test_local_view_is_a_resized_crop_in_range():
+    torch.manual_seed(0)
+    x = torch.rand(5, 3, 16, 16, requires_grad=True)
+    view = local_view(x, hflip=True)
+    assert view.shape == x.shape and 0 <= view.min() and view.max() <= 1
+    view.sum().backward()
+    assert x.grad.abs().sum() > 0  # differentiable in the images
+    constant = torch.full((2, 1, 8, 8), 0.3)
+    torch.testing.assert_close(local_view(constant, hflip=False), constant)
+
+
+# --------------------------------------------------------------------------- Fast
+def test_fast_meta_gradient_is_the_sum_of_inner_gradients():
+    torch.manual_seed(0)
+    generator = nn.Linear(2, 3, bias=False)
+    z0 = torch.randn(4, 2)
+    target = torch.randn(4, 3)
+    steps, lr_g, lr_z = 3, 0.05, 0.1
+    w0 = generator.weight.detach().clone()
+
+    def loss_fn(x):
+        return ((x - target) ** 2).sum(), {}
+
+    z = z0.clone().requires_grad_(True)
+    meta_round(generator, z, loss_fn, steps=steps, lr_g=lr_g, lr_z=lr_z)
+
+    # the same inner loop by hand: L = ‖zWᵀ − t‖², ∂L/∂W = 2 (zWᵀ − t)ᵀ z, ∂L/∂z = 2 (zWᵀ − t) W,
+    # Adam (betas 0.5, 0.999, eps 1e-8) on W (lr_g) and z (lr_z)
+    w, zz = w0.clone(), z0.clone()
+    moments = {name: [torch.zeros_like(value), torch.zeros_like(value)] for name, value in (("w", w), ("z", zz))}
+    total = torch.zeros_like(w)
+    for t in range(1, steps + 1):
+        residual = zz @ w.T - target
+        grads = {"w": 2 * residual.T @ zz, "z": 2 * residual @ w}
+        total += grads["w"]
+        for name, lr in (("w", lr_g), ("z", lr_z)):
+            m, v = moments[name]
+            m.mul_(0.5).add_(0.5 * grads[name])
+            v.mul_(0.999).add_(0.001 * grads[name] ** 2)
+            step = lr * (m / (1 - 0.5**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+            if name == "w":
+                w = w - step
+            else:
+                zz = zz - step
+    torch.testing.assert_close(generator.weight.grad, total, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(generator.weight.detach(), w0)  # the meta step is the caller's
+    torch.testing.assert_close(z.detach(), zz, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(total, 3 * 2 * (z0 @ w0.T - target).T @ z0)  # inner gradients, not G's
+
+
+# --------------------------------------------------------------------------- end to end
+EXPERIMENT = """
+base:
+  dataset: synthetic
+  student: resnet8
+  teacher: {{arch: cnn5, checkpoint: {teacher}}}
+  schedule: {{epochs: 2, warmup_epochs: 0, generator_steps: 2, student_steps: 2, batch_size: 16,
+              history_every: 1, probe_n: 20}}
+  threat: {{train_steps: 2}}
+  eval: {{attacks: [clean, pgd20], n_eval: 20}}
+methods:
+  cmi: {{bank_size: 256, negatives: 64}}
+  fast: {{g_steps: 2}}
+grid:
+  method: [{method}]
+"""
+METHODS = ("cmi", "fast")
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "cnn5.pt"
+    torch.manual_seed(0)
+    torch.save(create_model("cnn5", in_channels=3, num_classes=10, image_size=16).state_dict(), path)
+    return path
+
+
+def harness_process(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_folder(results, method):
+    (folder,) = list(results.glob(f"*/synthetic/{method}/resnet8/seed0-*"))
+    return folder
+
+
+def history_of(folder):
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (folder / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def straight_run(request, tmp_path_factory, teacher_checkpoint):
+    method = request.param
+    where = tmp_path_factory.mktemp(f"straight-{method}")
+    (where / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
+    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=where)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return method, run_folder(where / "results", method)
+
+
+def test_method_runs_end_to_end(straight_run):
+    method, folder = straight_run
+    assert json.loads((folder / "status.json").read_text())["state"] == "done"
+    history = history_of(folder)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(h["gen_loss"]) and math.isfinite(h["student_loss"]) for h in history)
+    own_term = {"cmi": "gen_cr", "fast": "gen_adv"}[method]
+    assert own_term in history[0]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["attacks"]) == {"clean", "pgd20"} and metrics["n_eval"] == 20
+    cost = json.loads((folder / "cost.json").read_text())
+    assert cost["images_synthesized"] == 2 * 16
+    state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["method"]
+    assert len(state["pool"]["images"]) == 2 * 16 and state["pool"]["labels"].min() >= 0
+
+
+def test_killed_run_resumes_and_matches_the_straight_run(tmp_path, teacher_checkpoint, straight_run):
+    method, straight = straight_run
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
+    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if list((tmp_path / "results").glob(f"*/synthetic/{method}/resnet8/seed0-*/checkpoints/last.pt")):
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    folder = run_folder(tmp_path / "results", method)
+    assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+
+    resumed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    history = history_of(folder)
+    assert len(history) == 2
+    assert history == history_of(straight)  # the method's state survives the restart
