@@ -179,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
             action = "run" if selected(state, args.mode) else "skip"
             print(f"{state:<12} {action:<5} {spec.relative_dir()}")
         return 0
+    checkpoints = {spec.settings.teacher.checkpoint for spec in experiment.cells} - {None}
+    for checkpoint in sorted(checkpoints):
+        if not Path(checkpoint).is_file():
+            raise HarnessError(f"{args.file}: teacher.checkpoint: file not found: {checkpoint}")
     device = resolve_device(args.device)
     check_results_folder(results)
     outcome = run_experiment(experiment, results, device=device, mode=args.mode, progress=not args.quiet)
