@@ -1,0 +1,570 @@
+"""FERD: Fairness-Enhanced data-free Robustness Distillation (ICLR 2026) — METHODS.md §6.
+
+The paper is the default; every way in which the released code differs is a named switch
+(listed at the end), so the harness can measure the difference.
+
+Algorithm 1, one epoch (T_g = ``schedule.generator_steps``, T_s = ``schedule.student_steps``)
+----------------------------------------------------------------------------------------
+``synthesize(epoch)``:
+
+(a) *Generation with reweighted labels.* y ~ Categorical(p) (uniform in the first epoch),
+    z ~ N(0, I) (nz 100); G is re-initialised (``reset_generator``) and (G, z) are optimised
+    jointly by Adam (lr_G 2e-3, lr_z 1.5e-2, betas (0.5, 0.999)) for T_g steps on a batch of
+    ``schedule.batch_size``. Each step x = G(z) is augmented (random crop + the dataset's
+    natural flip; CMI's global view) to x_a, and
+
+        L_gen = λ_adv·L_adv + λ_bn·L_bn + λ_oh·L_oh + λ_uni·L_uni,
+        L_adv = −KL(T(x_a) ‖ S(x_a)),   L_oh = CE(T(x_a), y),   L_bn the DeepInversion loss,
+
+    with L_uni the information-bottleneck term below. The iterate with the lowest L_gen —
+    the un-augmented images x — joins the pool with its labels (the FAEs).
+
+    Information bottleneck. Z = f_l^T(x_a) is the output of teacher layer l (``layer``; default
+    the teacher's ``default_feature_layer``, e.g. block3 of a WRN), f_{l+}^T = ``teacher.head(·, l)``
+    the rest of the teacher, so T(x_a) = f_{l+}^T(Z) (one teacher pass serves both). At every
+    generator step a fresh λ_r ∈ R^{N×C×1×1} (init 0) is fitted by Adam (lr 0.1, ``ib_steps``
+    = 50) on Z.detach():
+
+        Z_I = Z + σ ⊙ ε,   σ = softplus(λ_r),   ε ~ N(0, 1)                        (Eq. 4)
+        L(λ_r) = CE(f_{l+}(Z_I), y) + β·Σ_c (v_c/σ_c² + log(σ_c²/v_c) − 1),  β = 0.3   (Eq. 5)
+
+    v_c is the (biased) spatial variance of channel c of Z, per sample, floored at 1e-6 (a
+    ReLU channel that is zero everywhere would make log(σ²/v) infinite). "Per channel" means:
+    one noise *scale* σ per (sample, channel), shared by the H×W positions of that channel; the
+    noise ε itself is drawn independently per element (shape of Z) and fresh at every step.
+    The KL term is summed over channels and averaged over the batch, like the CE.
+    With the fitted σ and a fresh ε, channel k is *non-robust* when
+
+        σ_k² < max_c Var(Z_I^c)                                                     (Eq. 6)
+
+    with Var the biased spatial variance of channel c of Z_I. Paper reading (default
+    ``mask_max: per_sample``): the max runs over the channels of the same sample, one
+    threshold per sample. Note (measured, and pinned by a test): Var(Z_I^c) ≈ v_c + σ_c² ≥ σ_c²,
+    so the max is at least about the largest σ_c² and the rule flags (almost) every channel —
+    only channels whose σ_k² is near the largest can escape; with a partly trained Fashion-MNIST
+    cnn5 teacher the flagged fraction (``gen_mask``) is 1.0 in both modes, making Z_nr ≈ Z and L_uni ≈ KL(U ‖ T(x_a)).
+    The rule is implemented as written. Then
+
+        Z_nr = mask ⊙ Z  (mask constant; the gradient flows through Z into G),
+        L_uni = KL(U ‖ softmax(f_{l+}(Z_nr))),  U uniform over the C classes.        (Eq. 7)
+
+(b) *Robustness-guided class reweighting* (Eqs. 1–2) on the epoch's synthetic batch (the best
+    iterate and its labels): x_adv = PGD-K on the **teacher** (CE, ε, α, uniform random start,
+    K = ``reweight_steps`` = 20; ``harness.attacks.pgd``),
+
+        m_i = T(x_adv)_{y_i} − max_{j≠y_i} T(x_adv)_j                                 (Eq. 1)
+        D_c = mean_{i: y_i = c} (−m_i),   p = softmax(D / τ),  τ = 1                  (Eq. 2)
+
+    A class absent from the batch keeps its previous D_c (0 before it is first seen, i.e.
+    "on the decision boundary"). Table 6 variants (Fair-ARD) use the least PGD steps of the same
+    attack: LPS_i = the first t ∈ [0, K] at which the iterate x^(t) (x^(0) the random start) is
+    misclassified by the teacher, K if never; κ_c = mean_{i: y_i = c} LPS_i (absent classes keep
+    theirs, K/2 before first seen) and ω_c ∝ (κ_c + 1e-5)^−β (power, β 2; the 1e-5 is Fair-ARD's),
+    1 − κ_c/(K+1) (linear), sigmoid(λ + 5(1 − 2κ_c/K)), (1 + tanh(λ + 5(1 − 2κ_c/K)))/2
+    (λ = 0), normalised to sum to 1. D and κ are computed and logged in every mode, also
+    ``none`` (the "w/o reweighting" ablation, p stays uniform).
+
+(c) The trainer then runs T_s student steps on pool batches x_F (``sample``):
+
+    UTAEs (``adversarial``, Eq. 10): x_U ← x_F + 0.001·N(0, 1), then ``threat.train_steps``
+    (10) times
+
+        x_U ← Π_{B_ε(x_F) ∩ [0,1]}(x_U + α·sign ∇_{x_U}[KL(T(x_F) ‖ M(x_U)) − γ·KL(U ‖ M(x_U))]),
+
+    γ = 0.5, M the teacher (paper) in eval mode without parameter gradients. γ = 0 is exactly
+    the plain KL-PGD of ``harness.backbone.distill.kl_pgd`` on M (same noise, same steps).
+
+    Student loss (``student_loss``, Eq. 11):
+        L_S = λ_1·KL(T(x_F) ‖ S(x_F)) + λ_2·KL(T(x_F) ‖ S(x_U)),  λ_1 = 5/6 (clean), λ_2 = 1/6
+    (the reverse of RSLAD's weights), batch-mean KL, teacher logits from the clean x_F only.
+
+``end_of_epoch`` reports the attack-target entropy of the epoch's UTAEs: the normalised
+entropy of the classes M predicts for the UTAEs it misclassifies, "misclassified" meaning
+argmax M(x_U) ≠ argmax T(x_F) (the teacher's clean label, the attack's reference), accumulated
+over the epoch's student steps (``utae_target_entropy``; ``utae_misclassified`` the fraction).
+``synthesize`` reports p after this epoch's update (``class_weights``, the weights the next
+epoch samples with — the paper's Fig. 4), D (``class_difficulty``), κ (``class_lps``), the
+per-class counts of the epoch's labels (``class_counts``) and the generator loss terms of the
+best iterate (``gen_*``; ``gen_ib`` the final λ_r objective, ``gen_mask`` the fraction of
+channels flagged non-robust).
+
+Released code vs paper (switches; the ``ferd-code`` preset turns every one to the code's side)
+----------------------------------------------------------------------------------------
+- ``utae_model``: ``teacher`` (paper, Eq. 10) | ``student`` (code: attacks the student, eval mode);
+- ``gamma``: 0.5 (paper) | 0 (code: the γ term is commented out);
+- ``reweight``: ``softmax`` (paper, Eq. 2) | ``minmax`` (code: D min-max normalised to
+  [0.05, 0.2], then renormalised to sum 1; uniform when all D_c are equal) | the Table 6
+  functions ``power`` ``linear`` ``sigmoid`` ``tanh`` | ``none`` (ablation);
+- ``ib_kl_reduction``: ``sum`` (paper: Σ_c, batch mean) | ``half_mean`` (code: ½·mean over
+  samples and channels);
+- ``mask_max``: ``per_sample`` (paper reading) | ``batch`` (code: one scalar max over the batch);
+- ``student_loss``: ``kl`` (paper) | ``ikl`` (code: the decoupled KL of Cui et al. — a weighted
+  MSE on pairwise logit differences, ¼·Σ_{j,k} w_jk (Δt_jk − Δs_jk)² per sample with
+  w = prior ⊗ prior, plus the soft-label CE −Σ_j softmax(t)_j log softmax(s)_j; α = β = 1,
+  temperature 1). The code's class prior is the one-hot label of the sample, so w is non-zero
+  only at (y, y), where both differences are z_y − z_y = 0: **the wMSE part is identically 0**
+  and ikl = soft CE = KL(T ‖ S) + H(T), i.e. KL plus a constant with the same student gradient.
+  The switch therefore changes the logged loss value, not the training;
+- ``reset_generator``: true (code, also the default) | false (one persistent G and its Adam).
+
+Other choices: the student runs in eval mode without parameter gradients during synthesis, and
+L_adv reaches G through both T(x_a) and S(x_a);
+teacher forward/backward passes of the generation (made through ``features``/``head``) are
+added to the cost by hand, the IB fitting passes through f_{l+} are not counted; crops and
+flips are drawn per image (CMI's ``global_view``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.attacks import attack_mode, cross_entropy_loss, pgd, project
+from harness.backbone.bn_hooks import BNStatistics
+from harness.backbone.distill import kl_divergence
+from harness.backbone.generator import Generator
+from harness.backbone.method import Method, MethodContext, register_method
+from harness.backbone.pool import ImagePool
+from harness.errors import HarnessError
+from harness.metrics import normalized_entropy
+from harness.schema import param
+from methods.cmi import ADAM_BETAS, global_view
+
+LPS_WEIGHTINGS = ("power", "linear", "sigmoid", "tanh")
+MINMAX_RANGE = (0.05, 0.2)  # the code's target interval for D before renormalising
+POWER_EPS = 1e-5  # Fair-ARD's (κ + 1e-5)^−β
+VAR_FLOOR = 1e-6  # floor of the spatial variance v_c in Eq. 5
+UTAE_INIT_STD = 0.001
+
+
+@dataclass(frozen=True)
+class Params:
+    """FERD hyper-parameters; defaults are the paper's CIFAR values."""
+
+    nz: int = param(100, ge=1, doc="latent dimension of the generator")
+    lr_g: float = param(2e-3, gt=0, doc="Adam lr of the generator (betas 0.5, 0.999)")
+    lr_z: float = param(1.5e-2, gt=0, doc="Adam lr of z")
+    reset_generator: bool = param(True, doc="re-initialise G (and its Adam) every epoch")
+    lambda_adv: float = param(1.0, ge=0, doc="weight of L_adv = −KL(T‖S)")
+    lambda_bn: float = param(5.0, ge=0, doc="weight of the BN-statistics loss")
+    lambda_oh: float = param(1.0, ge=0, doc="weight of CE(T(x), y)")
+    lambda_uni: float = param(5.0, ge=0, doc="weight of L_uni (0: the 'w/o FAEs' ablation)")
+    layer: str | None = param(None, doc="teacher layer l of the bottleneck (None: the teacher's default)")
+    ib_steps: int = param(50, ge=1, doc="Adam steps fitting λ_r per generator step")
+    ib_lr: float = param(0.1, gt=0, doc="Adam lr of λ_r")
+    ib_beta: float = param(0.3, ge=0, doc="β of the KL term of Eq. 5")
+    ib_kl_reduction: Literal["sum", "half_mean"] = param("sum", doc="sum (paper) | half_mean (code)")
+    mask_max: Literal["per_sample", "batch"] = param("per_sample", doc="max of Eq. 6 per sample (paper) | batch (code)")
+    reweight: Literal["softmax", "minmax", "power", "linear", "sigmoid", "tanh", "none"] = param(
+        "softmax", doc="class weights: softmax (paper) | minmax (code) | Table 6 LPS functions | none")
+    tau: float = param(1.0, gt=0, doc="temperature of the softmax weights")
+    reweight_steps: int = param(20, ge=1, doc="K: PGD steps on the teacher for margins and LPS")
+    lps_beta: float = param(2.0, gt=0, doc="β of the power weighting κ^−β")
+    lps_lambda: float = param(0.0, doc="λ of the sigmoid / tanh weightings")
+    gamma: float = param(0.5, ge=0, doc="γ of the UTAE uniformity term (0: plain KL-PGD)")
+    utae_model: Literal["teacher", "student"] = param(
+        "teacher", doc="model attacked by the UTAEs: teacher (paper) | student (code)")
+    lambda_clean: float = param(5 / 6, ge=0, doc="λ_1: weight of KL(T(x_F) ‖ S(x_F))")
+    lambda_utae: float = param(1 / 6, ge=0, doc="λ_2: weight of KL(T(x_F) ‖ S(x_U))")
+    student_loss: Literal["kl", "ikl"] = param("kl", doc="kl (paper) | ikl (code's decoupled KL)")
+
+
+# --------------------------------------------------------------------------- (b) reweighting
+def class_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """m_i = z_{y_i} − max_{j≠y_i} z_j (Eq. 1); negative when the sample is misclassified."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    return true - others.max(dim=1).values
+
+
+def class_means(values: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Per-class mean of ``values``; a class absent from ``labels`` keeps its ``previous`` entry.
+
+    With values = −m this is D_c of Eq. 2; with values = LPS it is Fair-ARD's κ_c.
+    """
+    previous = previous.to(torch.float64)
+    labels = labels.cpu()
+    counts = torch.bincount(labels, minlength=len(previous)).to(torch.float64)
+    sums = torch.zeros_like(previous).index_add_(0, labels, values.detach().cpu().to(torch.float64))
+    return torch.where(counts > 0, sums / counts.clamp(min=1), previous)
+
+
+def softmax_weights(difficulty: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """p = softmax(D / τ) (Eq. 2)."""
+    return torch.softmax(difficulty / tau, dim=0)
+
+
+def minmax_weights(difficulty: torch.Tensor, low: float = MINMAX_RANGE[0],
+                   high: float = MINMAX_RANGE[1]) -> torch.Tensor:
+    """The code's weights: D min-max normalised to [low, high], then divided by the sum."""
+    span = difficulty.max() - difficulty.min()
+    if span <= 0:
+        return torch.full_like(difficulty, 1 / len(difficulty))
+    scaled = low + (difficulty - difficulty.min()) / span * (high - low)
+    return scaled / scaled.sum()
+
+
+def lps_weights(kappa: torch.Tensor, mode: str, steps: int, beta: float = 2.0, lam: float = 0.0) -> torch.Tensor:
+    """Table 6 (Fair-ARD) weights from the mean least PGD steps κ_c (K = ``steps``), summing to 1.
+
+    power ω = (κ + 1e-5)^−β; linear ω = 1 − κ/(K+1); sigmoid ω = σ(λ + 5(1 − 2κ/K));
+    tanh ω = (1 + tanh(λ + 5(1 − 2κ/K)))/2. Small κ (a class broken in few steps) weighs more.
+    """
+    if mode == "power":
+        weights = (kappa + POWER_EPS) ** -beta
+    elif mode == "linear":
+        weights = 1 - kappa / (steps + 1)
+    elif mode == "sigmoid":
+        weights = torch.sigmoid(lam + 5 * (1 - 2 * kappa / steps))
+    elif mode == "tanh":
+        weights = (1 + torch.tanh(lam + 5 * (1 - 2 * kappa / steps))) / 2
+    else:
+        raise ValueError(f"unknown LPS weighting {mode!r}")
+    return weights / weights.sum()
+
+
+def least_pgd_steps(wrong: torch.Tensor) -> torch.Tensor:
+    """LPS per sample from ``wrong`` [K+1, N] (row t: iterate x^(t) misclassified).
+
+    The first t ∈ [0, K] with a misclassified iterate; K when the sample is never misclassified.
+    """
+    steps = len(wrong) - 1
+    t = torch.arange(len(wrong), device=wrong.device)[:, None].expand_as(wrong)
+    return torch.where(wrong, t, torch.full_like(t, steps)).min(dim=0).values
+
+
+def teacher_pgd_statistics(teacher: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, epsilon: float,
+                           step_size: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Margins m_i (Eq. 1) at the PGD-K example on the teacher, and each sample's LPS.
+
+    One ``harness.attacks.pgd`` run (CE, random start); its objective records whether each
+    iterate x^(0..K−1) is misclassified, the returned x^(K) is checked after.
+    """
+    wrong: list[torch.Tensor] = []
+
+    def objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        wrong.append(logits.detach().argmax(1) != y)
+        return cross_entropy_loss(logits, y)
+
+    with attack_mode(teacher):
+        x_adv = pgd(teacher, x, labels, epsilon=epsilon, step_size=step_size, steps=steps, objective=objective)
+        with torch.no_grad():
+            logits = teacher(x_adv)
+    wrong.append(logits.argmax(1) != labels)
+    return class_margins(logits, labels), least_pgd_steps(torch.stack(wrong))
+
+
+# --------------------------------------------------------------------------- (a) information bottleneck
+def kl_to_prior(features: torch.Tensor, sigma: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """KL term of Eq. 5: Σ_c (v_c/σ_c² + log(σ_c²/v_c) − 1), v_c the spatial variance of Z.
+
+    ``sum`` (paper): summed over channels, averaged over samples; ``half_mean`` (code): ½ × the
+    mean over samples and channels.
+    """
+    var = features.var(dim=(2, 3), unbiased=False, keepdim=True).clamp_min(VAR_FLOOR)
+    ratio = var / sigma**2
+    terms = ratio - torch.log(ratio) - 1
+    if reduction == "sum":
+        return terms.flatten(1).sum(1).mean()
+    if reduction == "half_mean":
+        return 0.5 * terms.mean()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def ib_objective(head: nn.Module | Any, features: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor,
+                 noise: torch.Tensor, beta: float, reduction: str = "sum") -> torch.Tensor:
+    """L(λ_r) = CE(f_{l+}(Z + softplus(λ_r)·ε), y) + β·KLterm (Eqs. 4–5) for a given noise ε."""
+    sigma = F.softplus(lam)
+    logits = head(features + sigma * noise)
+    return F.cross_entropy(logits, labels) + beta * kl_to_prior(features, sigma, reduction)
+
+
+def fit_bottleneck(head: Any, features: torch.Tensor, labels: torch.Tensor, *, steps: int, lr: float, beta: float,
+                   reduction: str = "sum") -> tuple[torch.Tensor, float]:
+    """Fit λ_r (init 0, Adam) on Z.detach() for ``steps`` steps, fresh ε each step; returns σ and the last L."""
+    features = features.detach()
+    lam = torch.zeros(*features.shape[:2], 1, 1, device=features.device, requires_grad=True)
+    optimizer = torch.optim.Adam([lam], lr=lr)
+    value = math.nan
+    for _ in range(steps):
+        loss = ib_objective(head, features, labels, lam, torch.randn_like(features), beta, reduction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+    return F.softplus(lam.detach()), value
+
+
+def nonrobust_mask(sigma: torch.Tensor, noisy: torch.Tensor, mode: str = "per_sample") -> torch.Tensor:
+    """Eq. 6: 1 where σ_k² < max_c Var(Z_I^c) (Var: biased spatial variance), else 0; N×C×1×1.
+
+    ``per_sample`` (paper reading): the max over the channels of each sample; ``batch`` (code):
+    one scalar max over every sample and channel.
+    """
+    var = noisy.var(dim=(2, 3), unbiased=False, keepdim=True)
+    threshold = var.amax(dim=1, keepdim=True) if mode == "per_sample" else var.max()
+    return (sigma**2 < threshold).to(noisy.dtype)
+
+
+def uniform_kl(logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
+    """KL(U ‖ softmax(logits)) = −log C − (1/C) Σ_c log q_c (Eq. 7), batch mean or per sample."""
+    per_sample = -math.log(logits.shape[1]) - F.log_softmax(logits, dim=1).mean(dim=1)
+    return per_sample.mean() if reduction == "batchmean" else per_sample
+
+
+# --------------------------------------------------------------------------- (c) UTAEs and the student loss
+def utae(model: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, *, epsilon: float, step_size: float,
+         steps: int, gamma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform-target adversarial examples (Eq. 10) against ``model`` (eval mode, no parameter grads).
+
+    Start x + 0.001·N(0, 1) (drawn from ``generator``), ``steps`` signed steps of α ascending
+    Σ_i [KL(T(x)_i ‖ M(x_U)_i) − γ·KL(U ‖ M(x_U)_i)], projected to the ε-ball and [0, 1].
+    γ = 0 is exactly ``harness.backbone.distill.kl_pgd``.
+    """
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_adv = project(x + UTAE_INIT_STD * noise, x, epsilon)
+    target = teacher_logits.detach()
+    with attack_mode(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            loss = kl_divergence(target, logits, reduction="none").sum()
+            if gamma:
+                loss = loss - gamma * uniform_kl(logits, reduction="none").sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = project(x_adv.detach() + step_size * grad.sign(), x, epsilon)
+    return x_adv.detach()
+
+
+def decoupled_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """The code's ``ikl``: ¼·mean_i Σ_{j,k} w_ijk (Δt_ijk − Δs_ijk)² + soft CE, w_i = prior_i ⊗ prior_i.
+
+    Δ_jk = z_j − z_k. With a one-hot prior (the code's) w is non-zero only at (y, y), where both
+    differences vanish, so the wMSE part is 0 and the loss is KL(T ‖ S) + H(T).
+    """
+    t, s = teacher_logits.detach(), student_logits
+    delta_t = t[:, :, None] - t[:, None, :]
+    delta_s = s[:, :, None] - s[:, None, :]
+    weights = prior[:, :, None] * prior[:, None, :]
+    wmse = 0.25 * (weights * (delta_t - delta_s) ** 2).sum() / len(s)
+    soft_ce = -(F.softmax(t, dim=1) * F.log_softmax(s, dim=1)).sum(dim=1).mean()
+    return wmse + soft_ce
+
+
+def ferd_student_loss(teacher_logits: torch.Tensor, student_clean: torch.Tensor, student_utae: torch.Tensor, *,
+                      lambda_clean: float = 5 / 6, lambda_utae: float = 1 / 6, kind: str = "kl",
+                      labels: torch.Tensor | None = None) -> torch.Tensor:
+    """L_S = λ_1·KL(T(x_F) ‖ S(x_F)) + λ_2·KL(T(x_F) ‖ S(x_U)) (Eq. 11), or with ``ikl`` in place of KL.
+
+    ``ikl`` uses the one-hot of ``labels`` as its class prior (argmax T when there are none).
+    """
+    target = teacher_logits.detach()
+    if kind == "kl":
+        return lambda_clean * kl_divergence(target, student_clean) + lambda_utae * kl_divergence(target, student_utae)
+    if kind == "ikl":
+        labels = target.argmax(1) if labels is None else labels
+        prior = F.one_hot(labels, target.shape[1]).to(target.dtype)
+        return lambda_clean * decoupled_kl(target, student_clean, prior) + lambda_utae * decoupled_kl(
+            target, student_utae, prior)
+    raise ValueError(f"unknown student loss {kind!r}")
+
+
+# --------------------------------------------------------------------------- the method
+def resolve_layer(teacher: nn.Module, layer: str | None) -> str:
+    """The bottleneck layer: ``layer`` or the teacher's default, checked against its feature layers."""
+    layers = tuple(getattr(teacher, "feature_layers", ()))
+    name = type(teacher).__name__
+    if not layers or not all(hasattr(teacher, attr) for attr in ("features", "head")):
+        raise HarnessError(f"ferd: the teacher {name} exposes no feature layers (features/head), "
+                           "which FERD's information bottleneck needs")
+    chosen = layer if layer is not None else getattr(teacher, "default_feature_layer", "") or layers[-1]
+    if chosen not in layers:
+        raise HarnessError(f"ferd.layer: the teacher {name} has no feature layer '{chosen}' "
+                           f"(choose from {', '.join(layers)})")
+    return chosen
+
+
+PRESETS = {
+    "ferd-code": {"utae_model": "student", "reweight": "minmax", "ib_kl_reduction": "half_mean",
+                  "mask_max": "batch", "gamma": 0.0, "student_loss": "ikl"},
+    "ferd-no-reweight": {"reweight": "none"},
+    "ferd-no-fae": {"lambda_uni": 0.0},
+    "ferd-no-utae": {"gamma": 0.0},
+    "ferd-no-fae-utae": {"lambda_uni": 0.0, "gamma": 0.0},
+}
+
+
+@register_method("ferd", presets=PRESETS)
+class FERD(Method):
+    version = "1"
+    Params = Params
+
+    @classmethod
+    def default_params(cls, dataset: str) -> Params:
+        """The paper's CIFAR values, with a smaller bottleneck budget on the CPU benchmarks:
+        Fashion-MNIST 25 λ_r steps per generator step (the paper's 50 double the cost of a
+        generator step there for little change in σ), the test-only ``synthetic`` dataset 5."""
+        if dataset == "fashion-mnist":
+            return Params(ib_steps=25)
+        if dataset == "synthetic":
+            return Params(ib_steps=5)
+        return Params()
+
+    def __init__(self, params: Params, context: MethodContext) -> None:
+        super().__init__(params, context)
+        info, device = context.info, context.device
+        self.layer = resolve_layer(context.teacher, params.layer)
+        self.generator = Generator(params.nz, info.channels, info.image_size).to(device)
+        self.generator_optimizer = self._new_generator_optimizer()
+        self.stats = BNStatistics(context.teacher)
+        self.pool = ImagePool(context.pool_size, info)
+        c = info.num_classes
+        self.class_weights = torch.full((c,), 1 / c, dtype=torch.float64)
+        self.difficulty = torch.zeros(c, dtype=torch.float64)
+        self.lps = torch.full((c,), params.reweight_steps / 2, dtype=torch.float64)
+        self._reset_utae_log()
+
+    def _new_generator_optimizer(self) -> torch.optim.Adam:
+        return torch.optim.Adam(self.generator.parameters(), lr=self.params.lr_g, betas=ADAM_BETAS)
+
+    def _reset_utae_log(self) -> None:
+        self.utae_targets = torch.zeros(self.ctx.info.num_classes, dtype=torch.long)
+        self.utae_total = 0
+
+    # ------------------------------------------------------------------ (a) generation
+    def _generator_loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_gen on one augmented view of x, and its terms."""
+        ctx, p = self.ctx, self.params
+        teacher = ctx.teacher
+        view = global_view(x, ctx.info)
+        with self.stats.record():
+            features = teacher.features(view, self.layer)
+            teacher_logits = teacher.head(features, self.layer)
+        ctx.cost.teacher_forward_images += len(x)
+        ctx.cost.teacher_backward_images += len(x)
+        loss_bn = self.stats.loss()
+        loss_oh = F.cross_entropy(teacher_logits, labels)
+        total = p.lambda_bn * loss_bn + p.lambda_oh * loss_oh
+        terms = {"bn": loss_bn.item(), "oh": loss_oh.item()}
+        if p.lambda_adv > 0:
+            loss_adv = -kl_divergence(teacher_logits, ctx.student(view))
+            total = total + p.lambda_adv * loss_adv
+            terms["adv"] = loss_adv.item()
+        if p.lambda_uni > 0:
+            head = lambda z: teacher.head(z, self.layer)  # noqa: E731
+            sigma, ib_value = fit_bottleneck(head, features, labels, steps=p.ib_steps, lr=p.ib_lr, beta=p.ib_beta,
+                                             reduction=p.ib_kl_reduction)
+            noisy = features.detach() + sigma * torch.randn_like(features)
+            mask = nonrobust_mask(sigma, noisy, p.mask_max)
+            loss_uni = uniform_kl(head(mask * features))
+            total = total + p.lambda_uni * loss_uni
+            terms |= {"uni": loss_uni.item(), "ib": ib_value, "mask": mask.mean().item()}
+        return total, terms
+
+    def _generate(self, labels: torch.Tensor) -> tuple[torch.Tensor, float, dict[str, float]]:
+        """max(1, T_g) joint Adam steps on (G, z); the best iterate's images, loss and terms."""
+        ctx, p = self.ctx, self.params
+        if p.reset_generator:
+            self.generator.reset()
+            self.generator_optimizer = self._new_generator_optimizer()
+        z = torch.randn(len(labels), p.nz, device=ctx.device, requires_grad=True)
+        z_optimizer = torch.optim.Adam([z], lr=p.lr_z, betas=ADAM_BETAS)
+        best_loss, best = math.inf, None
+        with attack_mode(ctx.student):
+            for _ in range(max(1, ctx.generator_steps)):
+                x = self.generator(z)
+                loss, terms = self._generator_loss(x, labels)
+                if best is None or loss.item() < best_loss:
+                    best_loss, best = loss.item(), (x.detach(), terms)
+                self.generator_optimizer.zero_grad(set_to_none=True)
+                z_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.generator_optimizer.step()
+                z_optimizer.step()
+        images, terms = best
+        return images, best_loss, terms
+
+    # ------------------------------------------------------------------ (b) reweighting
+    def _reweight(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Update D, κ and p from PGD-K on the teacher at the epoch's synthetic batch (Eqs. 1–2)."""
+        ctx, p = self.ctx, self.params
+        margins, lps = teacher_pgd_statistics(ctx.teacher, images, labels, epsilon=ctx.epsilon,
+                                              step_size=ctx.step_size, steps=p.reweight_steps)
+        self.difficulty = class_means(-margins, labels, self.difficulty)
+        self.lps = class_means(lps.to(torch.float64), labels, self.lps)
+        if p.reweight == "softmax":
+            self.class_weights = softmax_weights(self.difficulty, p.tau)
+        elif p.reweight == "minmax":
+            self.class_weights = minmax_weights(self.difficulty)
+        elif p.reweight in LPS_WEIGHTINGS:
+            self.class_weights = lps_weights(self.lps, p.reweight, p.reweight_steps, p.lps_beta, p.lps_lambda)
+        # "none": p stays uniform
+
+    def synthesize(self, epoch: int) -> dict[str, Any]:
+        """(a) generation with y ~ Categorical(p), best batch to the pool; (b) reweighting of p."""
+        ctx = self.ctx
+        self._reset_utae_log()
+        n = ctx.batch_size
+        labels = torch.multinomial(self.class_weights, n, replacement=True).to(ctx.device)
+        images, best_loss, terms = self._generate(labels)
+        self.pool.add(images, labels)
+        ctx.cost.images_synthesized += n
+        self._reweight(images, labels)
+        counts = torch.bincount(labels.cpu(), minlength=ctx.info.num_classes)
+        return {"gen_loss": best_loss} | {f"gen_{name}": value for name, value in terms.items()} | {
+            "class_weights": self.class_weights.tolist(), "class_difficulty": self.difficulty.tolist(),
+            "class_lps": self.lps.tolist(), "class_counts": counts.tolist()}
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pool.sample(batch_size, generator, self.ctx.device)
+
+    # ------------------------------------------------------------------ (c) UTAEs and student loss
+    def _utae_model(self) -> nn.Module:
+        return self.ctx.teacher if self.params.utae_model == "teacher" else self.ctx.student
+
+    def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """UTAEs (Eq. 10); also tallies the classes M predicts for the UTAEs it misclassifies."""
+        ctx, model = self.ctx, self._utae_model()
+        x_u = utae(model, x, teacher_logits, epsilon=ctx.epsilon, step_size=ctx.step_size, steps=ctx.attack_steps,
+                   gamma=self.params.gamma, generator=generator)
+        with attack_mode(model), torch.no_grad():
+            predicted = model(x_u).argmax(1).cpu()
+        reference = teacher_logits.argmax(1).cpu()
+        self.utae_targets += torch.bincount(predicted[predicted != reference], minlength=len(self.utae_targets))
+        self.utae_total += len(x_u)
+        return x_u
+
+    def student_loss(self, x: torch.Tensor, x_adv: torch.Tensor, teacher_logits: torch.Tensor,
+                     labels: torch.Tensor | None) -> torch.Tensor:
+        p, student = self.params, self.ctx.student
+        return ferd_student_loss(teacher_logits, student(x), student(x_adv), lambda_clean=p.lambda_clean,
+                                 lambda_utae=p.lambda_utae, kind=p.student_loss, labels=labels)
+
+    def end_of_epoch(self, epoch: int) -> dict[str, Any]:
+        """The attack-target entropy of the epoch's UTAEs (nothing in warm-up epochs)."""
+        if not self.utae_total:
+            return {}
+        histogram = self.utae_targets.numpy()
+        line = {"utae_target_entropy": normalized_entropy(histogram),
+                "utae_misclassified": float(histogram.sum() / self.utae_total)}
+        self._reset_utae_log()
+        return line
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {"pool": self.pool.state_dict(), "generator": self.generator.state_dict(),
+                "generator_optimizer": self.generator_optimizer.state_dict(),
+                "class_weights": self.class_weights, "class_difficulty": self.difficulty, "class_lps": self.lps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pool.load_state_dict(state["pool"])
+        self.generator.load_state_dict(state["generator"])
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        self.class_weights = state["class_weights"].cpu().to(torch.float64)
+        self.difficulty = state["class_difficulty"].cpu().to(torch.float64)
+        self.lps = state["class_lps"].cpu().to(torch.float64)

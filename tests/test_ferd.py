@@ -1,0 +1,483 @@
+"""FERD (methods/ferd.py): every equation on hand-computed fixtures, the switches and presets,
+and the method end to end through ``python -m harness run`` (every preset, and kill-and-resume)."""
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.backbone.cost import Cost
+from harness.backbone.distill import kl_pgd
+from harness.backbone.method import METHODS, MethodContext, load_plugins
+from harness.config import ConfigError, load_experiment
+from harness.data import get_dataset
+from harness.errors import HarnessError
+from harness.metrics import normalized_entropy, target_histogram
+from harness.models import create_model
+from methods.ferd import (
+    FERD,
+    Params,
+    class_margins,
+    class_means,
+    decoupled_kl,
+    ferd_student_loss,
+    fit_bottleneck,
+    ib_objective,
+    least_pgd_steps,
+    lps_weights,
+    minmax_weights,
+    nonrobust_mask,
+    softmax_weights,
+    teacher_pgd_statistics,
+    uniform_kl,
+    utae,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = get_dataset("synthetic")
+
+
+# --------------------------------------------------------------------------- (b) reweighting, Eqs. 1–2
+LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 4.0], [0.5, 0.2, 0.1]])
+LABELS = torch.tensor([0, 1, 1, 0])  # class 2 is absent from the batch
+
+
+def test_margins_and_class_difficulty_keep_absent_classes():
+    # m = z_y − max_{j≠y} z_j: 2−1, 3−1, 0−4, 0.5−0.2
+    margins = class_margins(LOGITS, LABELS)
+    torch.testing.assert_close(margins, torch.tensor([1.0, 2.0, -4.0, 0.3]))
+    previous = torch.tensor([0.1, 0.2, 0.7], dtype=torch.float64)
+    difficulty = class_means(-margins, LABELS, previous)
+    # D_0 = mean(−1, −0.3) = −0.65, D_1 = mean(−2, 4) = 1.0, D_2 absent: keeps 0.7
+    torch.testing.assert_close(difficulty, torch.tensor([-0.65, 1.0, 0.7], dtype=torch.float64))
+
+
+def test_softmax_and_minmax_weights():
+    difficulty = torch.tensor([-0.65, 1.0, 0.7], dtype=torch.float64)
+    # exp(D) = [0.522046, 2.718282, 2.013753] / 5.254081
+    weights = softmax_weights(difficulty, tau=1.0)
+    torch.testing.assert_close(weights, torch.tensor([0.09936, 0.517366, 0.383274], dtype=torch.float64), atol=1e-6,
+                               rtol=0)
+    # τ = 2 flattens them
+    assert softmax_weights(difficulty, tau=2.0).max() < weights.max()
+    # minmax: 0.05 + (D − min)/(max − min)·0.15 = [0.05, 0.2, 0.172727], / 0.422727
+    torch.testing.assert_close(minmax_weights(difficulty), torch.tensor([0.11828, 0.473118, 0.408602],
+                                                                        dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(minmax_weights(torch.full((4,), 0.3)), torch.full((4,), 0.25))
+
+
+def test_table6_lps_weightings():
+    kappa = torch.tensor([2.0, 5.0, 10.0, 20.0], dtype=torch.float64)
+    expected = {
+        # κ^−2 = [0.25, 0.04, 0.01, 0.0025] / 0.3025
+        "power": [0.826445, 0.132232, 0.033058, 0.008265],
+        # 1 − κ/21 = [19, 16, 11, 1]/21, / (47/21)
+        "linear": [19 / 47, 16 / 47, 11 / 47, 1 / 47],
+        # σ(5(1 − κ/10)) = σ([4, 2.5, 0, −5]) = [0.982014, 0.924142, 0.5, 0.006693]
+        "sigmoid": [0.406994, 0.383009, 0.207224, 0.002774],
+        # (1 + tanh([4, 2.5, 0, −5]))/2 = [0.999665, 0.993307, 0.5, 0.0000454]
+        "tanh": [0.400986, 0.398436, 0.20056, 0.000019],
+    }
+    for mode, values in expected.items():
+        weights = lps_weights(kappa, mode, steps=20, beta=2.0, lam=0.0)
+        torch.testing.assert_close(weights, torch.tensor(values, dtype=torch.float64), atol=2e-6, rtol=0)
+        assert weights.sum().item() == pytest.approx(1.0)
+
+
+def test_least_pgd_steps_counting():
+    wrong = torch.tensor([  # rows: iterates x^(0)..x^(4) (K = 4); columns: samples
+        [False, True, False, False, False],
+        [False, True, False, False, False],
+        [False, True, True, False, False],
+        [False, True, True, True, False],
+        [False, True, True, False, True],
+    ])
+    # never → K; wrong from the start → 0; flips at 2 → 2; wrong only at 3 → 3; only at K → K
+    assert least_pgd_steps(wrong).tolist() == [4, 0, 2, 3, 4]
+
+
+class ConstantModel(nn.Module):
+    """Logits that ignore the image (zero input gradient): PGD iterates stay at the random start."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, x):
+        return self.logits + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_teacher_pgd_statistics_margins_and_lps():
+    model = ConstantModel(LOGITS)
+    x = torch.rand(4, 1, 2, 2)
+    margins, lps = teacher_pgd_statistics(model, x, LABELS, epsilon=0.1, step_size=0.02, steps=5)
+    torch.testing.assert_close(margins, torch.tensor([1.0, 2.0, -4.0, 0.3]))
+    assert lps.tolist() == [5, 5, 0, 5]  # sample 3 is misclassified at every iterate, the others never
+    assert model.logits.requires_grad  # attack_mode restored the flags
+
+
+# --------------------------------------------------------------------------- (a) information bottleneck, Eqs. 4–7
+def pooled_head(weight):
+    return lambda z: F.adaptive_avg_pool2d(z, 1).flatten(1) @ weight.T
+
+
+def bottleneck_fixture():
+    # channel 0 = [[0, 2], [0, 2]] (mean 1, var 1), channel 1 = [[0, 0], [0, 4]] (mean 1, var 3)
+    features = torch.tensor([[[[0.0, 2.0], [0.0, 2.0]], [[0.0, 0.0], [0.0, 4.0]]]])
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # pooled [1, 1] → logits [1, 1, 2]
+    return features, pooled_head(weight), torch.tensor([2])
+
+
+def test_ib_objective_at_zero():
+    features, head, labels = bottleneck_fixture()
+    lam = torch.zeros(1, 2, 1, 1)
+    # σ = softplus(0) = ln 2, σ² = 0.480453; ε = 0 → CE(f(Z), y) = log(2e + e²) − 2 = 0.551445
+    # KL_c = v/σ² + log(σ²/v) − 1: v = 1 → 0.348343, v = 3 → 3.412469; Σ = 3.760812
+    value = ib_objective(head, features, labels, lam, torch.zeros_like(features), beta=0.3, reduction="sum")
+    assert value.item() == pytest.approx(0.551445 + 0.3 * 3.760812, abs=1e-5)
+    assert value.item() == pytest.approx(1.679688, abs=1e-5)
+    half = ib_objective(head, features, labels, lam, torch.zeros_like(features), beta=0.3, reduction="half_mean")
+    assert half.item() == pytest.approx(0.551445 + 0.3 * 0.5 * 3.760812 / 2, abs=1e-5)  # 0.833506
+    # the noise enters as Z + σ·ε: ε = 1 shifts both pooled features by ln 2, logits [1+σ, 1+σ, 2+2σ]
+    shifted = ib_objective(head, features, labels, lam, torch.ones_like(features), beta=0.0)
+    sigma = math.log(2)
+    expected = math.log(2 * math.exp(1 + sigma) + math.exp(2 + 2 * sigma)) - (2 + 2 * sigma)
+    assert shifted.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_fit_bottleneck_matches_noise_to_ignored_channels():
+    # a head that ignores channel 1: only the KL term acts on σ_1, minimal at σ_1² = v_1 = 3
+    features, _, labels = bottleneck_fixture()
+    head = pooled_head(torch.tensor([[1.0, 0.0], [0.0, 0.0], [2.0, 0.0]]))
+    torch.manual_seed(0)
+    sigma, value = fit_bottleneck(head, features, labels, steps=150, lr=0.1, beta=0.3)
+    assert sigma.shape == (1, 2, 1, 1) and math.isfinite(value)
+    assert sigma[0, 1].item() ** 2 == pytest.approx(3.0, rel=0.05)
+
+
+def test_nonrobust_mask_rule():
+    def channel(var):  # a 2×2 map with (biased) spatial variance `var`
+        s = math.sqrt(var)
+        return [[1 - s, 1 + s], [1 - s, 1 + s]]
+
+    noisy = torch.tensor([[channel(1), channel(4), channel(3)], [channel(10), channel(0), channel(0)]])
+    sigma = torch.tensor([0.5, 2.0, 8.0]).sqrt().view(1, 3, 1, 1).expand(2, 3, 1, 1)
+    # per sample: thresholds 4 and 10 → σ² = [0.5, 2, 8] gives [1, 1, 0] and [1, 1, 1]
+    mask = nonrobust_mask(sigma, noisy, "per_sample")
+    assert mask.shape == (2, 3, 1, 1)
+    assert mask.flatten(1).tolist() == [[1, 1, 0], [1, 1, 1]]
+    # batch (code): one threshold 10 for both samples
+    assert nonrobust_mask(sigma, noisy, "batch").flatten(1).tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_mask_as_written_flags_every_channel_of_noisy_features():
+    """Documented finding: Var(Z_I^c) ≈ v_c + σ_c² ≥ σ_c², so the max over channels in Eq. 6 is
+    about the largest σ_c² or more: every channel but those with a near-maximal σ is flagged."""
+    torch.manual_seed(0)
+    features = torch.relu(torch.randn(4, 16, 8, 8))
+    sigma = torch.rand(4, 16, 1, 1) * 3
+    noisy = features + sigma * torch.randn_like(features)
+    clearly_below = sigma**2 < 0.8 * (sigma**2).amax(dim=1, keepdim=True)
+    for mode in ("per_sample", "batch"):
+        mask = nonrobust_mask(sigma, noisy, mode)
+        assert mask[clearly_below].all() and mask.mean() > 0.9
+
+
+def test_uniform_kl_value_and_zero_for_a_uniform_head():
+    logits = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    # KL(U ‖ q) = (1/3)[log(2/3) + 2 log(4/3)] = 0.056633
+    assert uniform_kl(logits).item() == pytest.approx(0.056633, abs=1e-6)
+    torch.manual_seed(0)
+    teacher = create_model("cnn5", in_channels=3, num_classes=10, image_size=16).eval()
+    with torch.no_grad():
+        teacher.fc.bias.zero_()
+    layer = teacher.default_feature_layer
+    features = teacher.features(torch.rand(4, 3, 16, 16), layer)
+    mask = torch.zeros(4, features.shape[1], 1, 1)
+    assert uniform_kl(teacher.head(mask * features, layer)).item() == pytest.approx(0.0, abs=1e-6)
+    assert uniform_kl(teacher.head(features, layer)).item() > 0
+
+
+# --------------------------------------------------------------------------- (c) UTAEs (Eq. 10), student loss (Eq. 11)
+def method_context(teacher, student, attack_steps=4):
+    return MethodContext(teacher=teacher, student=student, info=SYNTHETIC, epsilon=8 / 255, step_size=2 / 255,
+                         attack_steps=attack_steps, batch_size=8, generator_steps=1, pool_size=64,
+                         device=torch.device("cpu"), cost=Cost())
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    teacher = create_model("cnn5", in_channels=3, num_classes=10, image_size=16).eval().requires_grad_(False)
+    student = create_model("resnet8", in_channels=3, num_classes=10, image_size=16)
+    return teacher, student
+
+
+@pytest.mark.parametrize("utae_model", ["teacher", "student"])
+def test_utae_with_gamma_zero_is_kl_pgd_step_by_step(models, utae_model):
+    teacher, student = models
+    method = FERD(Params(gamma=0.0, utae_model=utae_model), method_context(teacher, student))
+    attacked = teacher if utae_model == "teacher" else student
+    torch.manual_seed(1)
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    student.train()
+    for steps in range(1, 5):
+        method.ctx.attack_steps = steps
+        ours = method.adversarial(x, teacher_logits, torch.Generator().manual_seed(7))
+        plain = kl_pgd(attacked, x, teacher_logits, epsilon=8 / 255, step_size=2 / 255, steps=steps,
+                       generator=torch.Generator().manual_seed(7))
+        assert torch.equal(ours, plain), f"differs after {steps} steps"
+    assert student.training  # the attack left the student's mode alone
+    with_gamma = utae(attacked, x, teacher_logits, epsilon=8 / 255, step_size=2 / 255, steps=4, gamma=0.5,
+                      generator=torch.Generator().manual_seed(7))
+    assert not torch.equal(with_gamma, plain)
+    assert (with_gamma - x).abs().max() <= 8 / 255 + 1e-6 and 0 <= with_gamma.min() and with_gamma.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    """A ResNet-8 trained 30 steps on `synthetic` (100 % clean accuracy on the samples below)."""
+    data = SYNTHETIC.load("train")
+    x = torch.stack([data[i][0] for i in range(200)])
+    y = torch.tensor([data[i][1] for i in range(200)])
+    torch.manual_seed(0)
+    model = create_model("resnet8", in_channels=3, num_classes=10, image_size=16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(30):
+        index = torch.randint(0, 200, (32,))
+        loss = F.cross_entropy(model(x[index]), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), x[:100], y[:100]
+
+
+def test_uniform_term_spreads_the_attack_targets(trained_model):
+    model, x, y = trained_model
+    targets = 5 * F.one_hot(y, 10).float()
+
+    def entropy(gamma, seed):
+        x_u = utae(model, x, targets, epsilon=32 / 255, step_size=8 / 255, steps=10, gamma=gamma,
+                   generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            predicted = model(x_u).argmax(1)
+        histogram = target_histogram(y.numpy(), predicted.numpy(), 10)
+        assert histogram.sum() >= 50  # most samples are broken either way
+        return normalized_entropy(histogram)
+
+    for seed in (0, 1):  # measured: γ 0 → 0.17, γ 0.5 → 0.31, γ 1 → 0.49
+        plain, half, one = entropy(0.0, seed), entropy(0.5, seed), entropy(1.0, seed)
+        assert half > plain + 0.08 and one > half + 0.08
+
+
+def test_student_loss_weights_eq11_and_ikl():
+    teacher = torch.tensor([[0.8, 0.2]]).log()
+    clean = torch.tensor([[0.6, 0.4]]).log().requires_grad_(True)
+    adv = torch.tensor([[0.5, 0.5]]).log().requires_grad_(True)
+    # KL(T‖S(x_F)) = 0.091516, KL(T‖S(x_U)) = 0.192745
+    loss = ferd_student_loss(teacher, clean, adv)
+    assert loss.item() == pytest.approx(5 / 6 * 0.091516 + 1 / 6 * 0.192745, abs=1e-6)
+    assert loss.item() == pytest.approx(0.108388, abs=1e-6)  # RSLAD's weights would give 0.175873
+    only_utae = ferd_student_loss(teacher, clean, adv, lambda_clean=0.0, lambda_utae=1.0)
+    assert only_utae.item() == pytest.approx(0.192745, abs=1e-6)
+    # ikl with the one-hot prior: wMSE vanishes, ikl = KL + H(T) (H = 0.500402), same student gradient
+    ikl = ferd_student_loss(teacher, clean, adv, kind="ikl", labels=torch.tensor([0]))
+    assert ikl.item() == pytest.approx(0.108388 + 0.500402, abs=1e-6)
+    grads_kl = torch.autograd.grad(loss, [clean, adv])
+    grads_ikl = torch.autograd.grad(ikl, [clean, adv])
+    for a, b in zip(grads_kl, grads_ikl):
+        torch.testing.assert_close(a, b)
+    # with a soft prior the wMSE part is alive: ¼·2·w_01·(Δt − Δs)² = ½·0.16·(ln 4 − ln 1.5)²
+    soft = decoupled_kl(teacher, clean, torch.tensor([[0.8, 0.2]]))
+    wmse = 0.5 * 0.16 * (math.log(4) - math.log(1.5)) ** 2
+    assert soft.item() == pytest.approx(wmse + 0.091516 + 0.500402, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- construction, presets
+def test_layer_is_checked_against_the_teacher(models):
+    teacher, student = models
+    assert FERD(Params(), method_context(teacher, student)).layer == "block5"
+    assert FERD(Params(layer="block3"), method_context(teacher, student)).layer == "block3"
+    with pytest.raises(HarnessError, match="no feature layer 'layer3'.*block1, block2"):
+        FERD(Params(layer="layer3"), method_context(teacher, student))
+
+
+def test_state_round_trip_continues_exactly(models):
+    """A method restored from a weights_only checkpoint continues like the original (persistent G)."""
+    teacher, student = models
+    params = Params(ib_steps=2, reset_generator=False, reweight="power")
+
+    def make():
+        context = method_context(teacher, student)
+        context.generator_steps = 2
+        return FERD(params, context)
+
+    torch.manual_seed(3)
+    original = make()
+    first = original.synthesize(0)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    restored = make()
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    assert restored.class_weights.tolist() == first["class_weights"] and len(restored.pool) == 8
+    lines = []
+    for method in (original, restored):
+        torch.manual_seed(4)
+        lines.append(method.synthesize(1))
+    assert lines[0] == lines[1]
+    assert torch.equal(original.pool.images, restored.pool.images)
+    for a, b in zip(original.generator.state_dict().values(), restored.generator.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+PRESET_YAML = """
+base:
+  dataset: {dataset}
+  student: resnet8
+  teacher: {{arch: cnn5}}
+methods:
+  ferd: {{ib_steps: 3}}
+grid:
+  method: [ferd, ferd-code, ferd-no-reweight, ferd-no-fae, ferd-no-utae, ferd-no-fae-utae]
+"""
+
+
+def test_presets_resolve_to_their_switches(tmp_path):
+    (tmp_path / "presets.yaml").write_text(PRESET_YAML.format(dataset="synthetic"))
+    cells = {spec.method: spec.params for spec in load_experiment(tmp_path / "presets.yaml").cells}
+    base = Params(ib_steps=3)
+    assert cells["ferd"] == base
+    assert cells["ferd-code"] == Params(ib_steps=3, utae_model="student", reweight="minmax",
+                                        ib_kl_reduction="half_mean", mask_max="batch", gamma=0.0, student_loss="ikl")
+    assert cells["ferd-no-reweight"] == Params(ib_steps=3, reweight="none")
+    assert cells["ferd-no-fae"] == Params(ib_steps=3, lambda_uni=0.0)
+    assert cells["ferd-no-utae"] == Params(ib_steps=3, gamma=0.0)
+    assert cells["ferd-no-fae-utae"] == Params(ib_steps=3, lambda_uni=0.0, gamma=0.0)
+    assert base.gamma == 0.5 and base.reweight == "softmax" and base.utae_model == "teacher"
+    load_plugins()
+    assert dict(METHODS.get("ferd-no-fae-utae").overrides) == {"lambda_uni": 0.0, "gamma": 0.0}
+    # per-dataset defaults: paper values on CIFAR, smaller bottleneck budgets on the CPU datasets
+    assert FERD.default_params("cifar10") == Params() and Params().ib_steps == 50 and Params().nz == 100
+    assert FERD.default_params("fashion-mnist").ib_steps == 25
+    assert FERD.default_params("synthetic").ib_steps == 5
+    (tmp_path / "bad.yaml").write_text(PRESET_YAML.format(dataset="synthetic").replace(
+        "{ib_steps: 3}", "{reweight: softmx}"))
+    with pytest.raises(ConfigError, match="reweight: must be one of .*did you mean 'softmax'"):
+        load_experiment(tmp_path / "bad.yaml")
+
+
+# --------------------------------------------------------------------------- end to end
+EXPERIMENT = """
+base:
+  dataset: synthetic
+  student: resnet8
+  teacher: {{arch: cnn5, checkpoint: {teacher}}}
+  schedule: {{epochs: 2, warmup_epochs: 0, generator_steps: 2, student_steps: 2, batch_size: 16,
+              history_every: 1, probe_n: 20}}
+  threat: {{train_steps: 2}}
+  eval: {{attacks: [clean, pgd20], n_eval: 20}}
+methods:
+  ferd: {{ib_steps: 3, tau: 0.01}}  # a sharp softmax: p far from uniform even with a random teacher
+grid:
+  method: [{methods}]
+"""
+ALL = ("ferd", "ferd-code", "ferd-no-reweight", "ferd-no-fae", "ferd-no-utae", "ferd-no-fae-utae")
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "cnn5.pt"
+    torch.manual_seed(0)
+    torch.save(create_model("cnn5", in_channels=3, num_classes=10, image_size=16).state_dict(), path)
+    return path
+
+
+def harness_process(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_folder(results, method):
+    (folder,) = list(results.glob(f"*/synthetic/{method}/resnet8/seed0-*"))
+    return folder
+
+
+def history_of(folder):
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (folder / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory, teacher_checkpoint):
+    where = tmp_path_factory.mktemp("ferd-grid")
+    (where / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, methods=", ".join(ALL)))
+    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=where)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return where / "results"
+
+
+def test_every_preset_runs_end_to_end(grid_run):
+    for method in ALL:
+        folder = run_folder(grid_run, method)
+        assert json.loads((folder / "status.json").read_text())["state"] == "done", method
+        history = history_of(folder)
+        assert [h["epoch"] for h in history] == [1, 2]
+        for line in history:
+            assert math.isfinite(line["gen_loss"]) and math.isfinite(line["student_loss"])
+            assert len(line["class_weights"]) == 10 and sum(line["class_weights"]) == pytest.approx(1.0)
+            assert len(line["class_difficulty"]) == 10 and len(line["class_lps"]) == 10
+            assert sum(line["class_counts"]) == 16
+            assert "utae_target_entropy" in line and 0 <= line["utae_misclassified"] <= 1
+            assert ("gen_uni" in line) == ("no-fae" not in method)
+        if method == "ferd-no-reweight":
+            assert all(w == pytest.approx(0.1) for line in history for w in line["class_weights"])
+        else:
+            assert max(history[0]["class_weights"]) > min(history[0]["class_weights"])
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert set(metrics["attacks"]) == {"clean", "pgd20"} and metrics["n_eval"] == 20
+        assert json.loads((folder / "cost.json").read_text())["images_synthesized"] == 2 * 16
+    state = torch.load(run_folder(grid_run, "ferd") / "checkpoints" / "last.pt", weights_only=True)["method"]
+    assert len(state["pool"]["images"]) == 2 * 16 and state["pool"]["labels"].min() >= 0
+    history = history_of(run_folder(grid_run, "ferd"))
+    assert state["class_weights"].tolist() == pytest.approx(history[-1]["class_weights"])
+
+
+def test_killed_run_resumes_with_weights_and_pool(tmp_path, teacher_checkpoint, grid_run):
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, methods="ferd"))
+    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if list((tmp_path / "results").glob("*/synthetic/ferd/resnet8/seed0-*/checkpoints/last.pt")):
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    folder = run_folder(tmp_path / "results", "ferd")
+    state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    saved = state["method"]
+    assert len(saved["pool"]["images"]) == 16
+    assert saved["class_weights"].tolist() == pytest.approx(history_of(folder)[0]["class_weights"])
+    assert saved["class_weights"].max() > 0.3  # the reweighting has moved p far from uniform
+
+    resumed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    history = history_of(folder)
+    assert len(history) == 2
+    assert history == history_of(run_folder(grid_run, "ferd"))  # p, D, pool and generator survived
