@@ -66,6 +66,7 @@ class Schedule:
     student_steps: int = param(400, ge=1, doc="T_s: student steps per epoch")
     batch_size: int = param(256, ge=1)
     lr: float = param(0.1, gt=0)
+    lr_min: float = param(0.0, ge=0, doc="floor of the cosine schedule (DFHL: 2e-4)")
     momentum: float = param(0.9, ge=0, lt=1)
     weight_decay: float = param(5e-4, ge=0)
     pool_size: int = param(50_000, ge=1, doc="most synthetic images kept in the pool")

@@ -45,10 +45,8 @@ never T's probabilities or logits. Per epoch:
 
 Schedule. The student optimiser is the shared one (SGD lr 0.1, momentum 0.9, cosine over the
 student steps). DFHL's own values are schedule settings in the YAML: ``weight_decay: 1e-4``,
-batch 256 (CIFAR-10) / 512 (CIFAR-100), 300 epochs of T_s = 500 (N_C) and ``warmup_epochs: 0``
-(the released code trains the clone from the first epoch). Its cosine floor (eta_min 2e-4) has no
-counterpart in the shared schedule, which anneals to 0 — a difference of ≤ 2e-4 in the learning rate
-at the very end, not expressible without a schedule field.
+batch 256 (CIFAR-10) / 512 (CIFAR-100), 300 epochs of T_s = 500 (N_C), ``warmup_epochs: 0``
+(the released code trains the clone from the first epoch) and the cosine floor ``lr_min: 2e-4``.
 
 T_g. DFHL's generation budget per epoch is its own N_G: the released code runs one round of N_G
 steps per epoch, so ``rounds`` defaults to 1 and the schedule's T_g (``generator_steps``) is not

@@ -94,7 +94,7 @@ class Trainer:
                                          momentum=self.schedule.momentum, weight_decay=self.schedule.weight_decay)
         student_epochs = self.schedule.epochs - self.schedule.warmup_epochs
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=student_epochs * self.schedule.student_steps)
+            self.optimizer, T_max=student_epochs * self.schedule.student_steps, eta_min=self.schedule.lr_min)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
 
