@@ -1,12 +1,6 @@
 """Shared DFRD machinery: BN-statistics hooks, generator, pool, cost, trainer and resume."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +12,15 @@ from harness.backbone.generator import Generator
 from harness.backbone.pool import ImagePool
 from harness.data import get_dataset
 from harness.models import create_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.e2e import (
+    harness_process,
+    history_of,
+    kill_at_first_checkpoint,
+    run_experiment,
+    run_folder,
+    start_run,
+    write_experiment,
+)
 
 
 def test_bn_statistics_equal_a_manual_computation():
@@ -111,35 +112,14 @@ grid:
 """
 
 
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "cnn5.pt"
-    torch.manual_seed(0)
-    torch.save(create_model("cnn5", in_channels=3, num_classes=10, image_size=16).state_dict(), path)
-    return path
-
-
-def harness_process(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run_folder(results):
-    (folder,) = list(results.glob("*/synthetic/noise/resnet8/seed0-*"))
-    return folder
-
-
 def test_run_writes_the_run_folder_and_skips_done_cells(tmp_path, teacher_checkpoint):
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, steps=2))
-    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
-    folder = run_folder(tmp_path / "results")
+    write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, steps=2))
+    run_experiment(tmp_path)
+    folder = run_folder(tmp_path / "results", "noise")
     for name in ("config.json", "status.json", "history.jsonl", "cost.json", "metrics.json", "env.json",
                  "checkpoints/last.pt", "samples.npz"):
         assert (folder / name).exists(), name
-    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    history = history_of(folder)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert "student_loss" not in history[0] and "student_loss" in history[1]  # warm-up epoch
     assert json.loads((folder / "status.json").read_text())["state"] == "done"
@@ -147,7 +127,7 @@ def test_run_writes_the_run_folder_and_skips_done_cells(tmp_path, teacher_checkp
     assert set(metrics["attacks"]) == {"clean", "pgd20"} and metrics["n_eval"] == 40
     cost = json.loads((folder / "cost.json").read_text())
     assert cost["teacher_forward_images"] == 2 * 2 * 16  # 2 student epochs x 2 steps x batch 16
-    again = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
+    again = start_run(tmp_path)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0 and "0 done, 0 failed, 1 skipped" in out
     dry = harness_process("run", "exp.yaml", "--dry-run", cwd=tmp_path)
@@ -156,39 +136,26 @@ def test_run_writes_the_run_folder_and_skips_done_cells(tmp_path, teacher_checkp
 
 
 def test_killed_run_resumes_with_the_same_history(tmp_path, teacher_checkpoint):
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, steps=6))
+    write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, steps=6))
     straight_dir = tmp_path / "straight"
     straight_dir.mkdir()
-    (straight_dir / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, steps=6))
-    straight = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=straight_dir)
+    write_experiment(straight_dir, EXPERIMENT.format(teacher=teacher_checkpoint, steps=6))
+    straight = start_run(straight_dir)
 
-    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    deadline = time.time() + 240
-    checkpoint = None
-    while time.time() < deadline and process.poll() is None:
-        found = list((tmp_path / "results").glob("*/synthetic/noise/resnet8/seed0-*/checkpoints/last.pt"))
-        if found:
-            checkpoint = found[0]
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process = start_run(tmp_path)
+    checkpoint = kill_at_first_checkpoint(process, tmp_path / "results", "noise", poll=0.02)
     straight.communicate(timeout=300)
-    folder = run_folder(tmp_path / "results")
+    folder = run_folder(tmp_path / "results", "noise")
     assert json.loads((folder / "status.json").read_text())["state"] == "running"
     dry = harness_process("run", "exp.yaml", "--dry-run", cwd=tmp_path)
     assert dry.communicate(timeout=120)[0].split()[:2] == ["interrupted", "run"]
     epoch = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 1 <= epoch < 3
 
-    resumed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    history = (folder / "history.jsonl").read_text().splitlines()
-    reference = (run_folder(straight_dir / "results") / "history.jsonl").read_text().splitlines()
+    run_experiment(tmp_path)
+    history = history_of(folder)
+    reference = history_of(run_folder(straight_dir / "results", "noise"))
     assert len(history) == 3
     # per-epoch reseeding: the resumed run's numbers equal the uninterrupted run's
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
-    assert strip(history) == strip(reference)
+    assert history == reference
     assert json.loads((folder / "status.json").read_text())["attempt"] == 2

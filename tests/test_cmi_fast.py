@@ -2,22 +2,14 @@
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from harness.models import create_model
 from methods.cmi import ChannelMeans, MemoryBank, decision_adversarial_loss, info_nce, local_view
 from methods.fast import meta_round
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.e2e import history_of, kill_at_first_checkpoint, run_experiment, run_folder, start_run, write_experiment
 
 
 # --------------------------------------------------------------------------- CMI pieces
@@ -147,38 +139,12 @@ grid:
 METHODS = ("cmi", "fast")
 
 
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "cnn5.pt"
-    torch.manual_seed(0)
-    torch.save(create_model("cnn5", in_channels=3, num_classes=10, image_size=16).state_dict(), path)
-    return path
-
-
-def harness_process(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run_folder(results, method):
-    (folder,) = list(results.glob(f"*/synthetic/{method}/resnet8/seed0-*"))
-    return folder
-
-
-def history_of(folder):
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-            for line in (folder / "history.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module", params=METHODS)
 def straight_run(request, tmp_path_factory, teacher_checkpoint):
     method = request.param
     where = tmp_path_factory.mktemp(f"straight-{method}")
-    (where / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
-    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=where)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
+    write_experiment(where, EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
+    run_experiment(where)
     return method, run_folder(where / "results", method)
 
 
@@ -200,22 +166,12 @@ def test_method_runs_end_to_end(straight_run):
 
 def test_killed_run_resumes_and_matches_the_straight_run(tmp_path, teacher_checkpoint, straight_run):
     method, straight = straight_run
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
-    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if list((tmp_path / "results").glob(f"*/synthetic/{method}/resnet8/seed0-*/checkpoints/last.pt")):
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
+    kill_at_first_checkpoint(start_run(tmp_path), tmp_path / "results", method)
     folder = run_folder(tmp_path / "results", method)
     assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
 
-    resumed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    run_experiment(tmp_path)
     history = history_of(folder)
     assert len(history) == 2
     assert history == history_of(straight)  # the method's state survives the restart

@@ -2,12 +2,6 @@
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +10,6 @@ from torch import nn
 from harness.backbone.cost import Cost
 from harness.backbone.method import MethodContext
 from harness.data import get_dataset
-from harness.models import create_model
 from methods.dfhl import (
     DFHL,
     Params,
@@ -27,8 +20,7 @@ from methods.dfhl import (
     smooth_one_hot,
     strong_augment,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.e2e import history_of, kill_at_first_checkpoint, run_experiment, run_folder, start_run, write_experiment
 
 
 # --------------------------------------------------------------------------- losses by hand
@@ -221,38 +213,20 @@ grid:
 """
 
 
+ENV = {"OMP_NUM_THREADS": "1"}  # for the harness subprocesses
+
+
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "cnn5.pt"
-    torch.manual_seed(0)
-    torch.save(create_model("cnn5", in_channels=3, num_classes=10, image_size=16).state_dict(), path)
-    return EXPERIMENT.format(teacher=path)
-
-
-def harness_process(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run_folder(results):
-    (folder,) = list(results.glob("*/synthetic/dfhl/resnet8/seed0-*"))
-    return folder
-
-
-def history_of(folder):
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-            for line in (folder / "history.jsonl").read_text().splitlines()]
+def experiment(teacher_checkpoint):
+    return EXPERIMENT.format(teacher=teacher_checkpoint)
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, experiment):
     where = tmp_path_factory.mktemp("straight-dfhl")
-    (where / "exp.yaml").write_text(experiment)
-    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=where)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
-    return run_folder(where / "results")
+    write_experiment(where, experiment)
+    run_experiment(where, env=ENV)
+    return run_folder(where / "results", "dfhl")
 
 
 def test_dfhl_runs_end_to_end(straight_run):
@@ -276,22 +250,12 @@ def test_dfhl_runs_end_to_end(straight_run):
 
 
 def test_killed_run_resumes_and_matches_the_straight_run(tmp_path, experiment, straight_run):
-    (tmp_path / "exp.yaml").write_text(experiment)
-    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if list((tmp_path / "results").glob("*/synthetic/dfhl/resnet8/seed0-*/checkpoints/last.pt")):
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    folder = run_folder(tmp_path / "results")
+    write_experiment(tmp_path, experiment)
+    kill_at_first_checkpoint(start_run(tmp_path, env=ENV), tmp_path / "results", "dfhl")
+    folder = run_folder(tmp_path / "results", "dfhl")
     assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
 
-    resumed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    run_experiment(tmp_path, env=ENV)
     history = history_of(folder)
     assert len(history) == 2
     assert history == history_of(straight_run)  # generator and pool survive the restart

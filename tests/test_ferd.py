@@ -4,12 +4,6 @@ and the method end to end through ``python -m harness run`` (every preset, and k
 import io
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -42,8 +36,8 @@ from methods.ferd import (
     uniform_kl,
     utae,
 )
+from tests.e2e import history_of, kill_at_first_checkpoint, run_experiment, run_folder, start_run, write_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = get_dataset("synthetic")
 
 
@@ -397,36 +391,10 @@ ALL = ("ferd", "ferd-code", "ferd-no-reweight", "ferd-no-fae", "ferd-no-utae", "
 
 
 @pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "cnn5.pt"
-    torch.manual_seed(0)
-    torch.save(create_model("cnn5", in_channels=3, num_classes=10, image_size=16).state_dict(), path)
-    return path
-
-
-def harness_process(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run_folder(results, method):
-    (folder,) = list(results.glob(f"*/synthetic/{method}/resnet8/seed0-*"))
-    return folder
-
-
-def history_of(folder):
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-            for line in (folder / "history.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
 def grid_run(tmp_path_factory, teacher_checkpoint):
     where = tmp_path_factory.mktemp("ferd-grid")
-    (where / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, methods=", ".join(ALL)))
-    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=where)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
+    write_experiment(where, EXPERIMENT.format(teacher=teacher_checkpoint, methods=", ".join(ALL)))
+    run_experiment(where)
     return where / "results"
 
 
@@ -457,16 +425,8 @@ def test_every_preset_runs_end_to_end(grid_run):
 
 
 def test_killed_run_resumes_with_weights_and_pool(tmp_path, teacher_checkpoint, grid_run):
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, methods="ferd"))
-    process = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if list((tmp_path / "results").glob("*/synthetic/ferd/resnet8/seed0-*/checkpoints/last.pt")):
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, methods="ferd"))
+    kill_at_first_checkpoint(start_run(tmp_path), tmp_path / "results", "ferd")
     folder = run_folder(tmp_path / "results", "ferd")
     state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
@@ -475,9 +435,7 @@ def test_killed_run_resumes_with_weights_and_pool(tmp_path, teacher_checkpoint, 
     assert saved["class_weights"].tolist() == pytest.approx(history_of(folder)[0]["class_weights"])
     assert saved["class_weights"].max() > 0.3  # the reweighting has moved p far from uniform
 
-    resumed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    run_experiment(tmp_path)
     history = history_of(folder)
     assert len(history) == 2
     assert history == history_of(run_folder(grid_run, "ferd"))  # p, D, pool and generator survived

@@ -5,8 +5,6 @@ import copy
 import io
 import json
 import math
-import signal
-import time
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from harness.data import get_dataset
 from harness.errors import HarnessError
 from harness.models import create_model
 from methods.zskt import ZSKT, attention_loss, generator_loss
-from tests.test_backbone import harness_process
+from tests.e2e import history_of, kill_at_first_checkpoint, run_experiment, run_folder, start_run, write_experiment
 
 INFO = get_dataset("synthetic")
 
@@ -31,13 +29,6 @@ def cnn5(seed):
 def resnet8(seed):
     torch.manual_seed(seed)
     return create_model("resnet8", in_channels=3, num_classes=10, image_size=16)
-
-
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "cnn5.pt"
-    torch.save(cnn5(0).state_dict(), path)
-    return path
 
 
 def context(teacher, student, **overrides):
@@ -246,29 +237,14 @@ grid:
 """
 
 
-def history_of(folder):
-    return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("method", ["zskt", "deepinv"])
 def test_two_epochs_end_to_end_resuming_after_sigkill(method, tmp_path, teacher_checkpoint):
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
-    pattern = f"*/synthetic/{method}/resnet8/seed0-*"
-    killed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    deadline = time.time() + 120
-    while time.time() < deadline and killed.poll() is None:
-        if list((tmp_path / "results").glob(f"{pattern}/checkpoints/last.pt")):
-            break
-        time.sleep(0.02)
-    assert killed.poll() is None, "the run finished before it could be killed"
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    (folder,) = list((tmp_path / "results").glob(pattern))
+    write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
+    kill_at_first_checkpoint(start_run(tmp_path), tmp_path / "results", method, timeout=120, poll=0.02)
+    folder = run_folder(tmp_path / "results", method)
     assert json.loads((folder / "status.json").read_text())["state"] == "running"
 
-    resumed = harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", cwd=tmp_path)
-    out, err = resumed.communicate(timeout=180)
-    assert resumed.returncode == 0, err
+    run_experiment(tmp_path, timeout=180)
     assert [h["epoch"] for h in history_of(folder)] == [1, 2]
     assert json.loads((folder / "status.json").read_text())["state"] == "done"
     metrics = json.loads((folder / "metrics.json").read_text())
