@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from tqdm import tqdm
 from harness.attacks import ATTACKS, AttackContext, attack_mode
 from harness.data import stratified_indices
 from harness.metrics import summarize
+
+if TYPE_CHECKING:
+    import pandas
 
 
 @dataclass
@@ -139,7 +142,7 @@ def evaluate(
 
 def per_class_table(report: dict[str, Any]) -> "pandas.DataFrame":
     """Class names as rows, attacks as columns, then Avg / Worst / Worst-10% / NSD rows."""
-    import pandas
+    import pandas  # noqa: F811 (imported here: the engine itself does not need pandas)
 
     from harness.attacks import ATTACKS
 

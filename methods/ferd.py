@@ -124,9 +124,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.attacks import attack_mode, cross_entropy_loss, pgd, project
+from harness.attacks import attack_mode, cross_entropy_loss, pgd
 from harness.backbone.bn_hooks import BNStatistics
-from harness.backbone.distill import kl_divergence
+from harness.backbone.distill import kl_divergence, kl_pgd
 from harness.backbone.generator import Generator
 from harness.backbone.method import Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
@@ -326,19 +326,9 @@ def utae(model: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, *, eps
     Σ_i [KL(T(x)_i ‖ M(x_U)_i) − γ·KL(U ‖ M(x_U)_i)], projected to the ε-ball and [0, 1].
     γ = 0 is exactly ``harness.backbone.distill.kl_pgd``.
     """
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    x_adv = project(x + UTAE_INIT_STD * noise, x, epsilon)
-    target = teacher_logits.detach()
-    with attack_mode(model):
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            logits = model(x_adv)
-            loss = kl_divergence(target, logits, reduction="none").sum()
-            if gamma:
-                loss = loss - gamma * uniform_kl(logits, reduction="none").sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = project(x_adv.detach() + step_size * grad.sign(), x, epsilon)
-    return x_adv.detach()
+    penalty = (lambda logits: gamma * uniform_kl(logits, reduction="none")) if gamma else None
+    return kl_pgd(model, x, teacher_logits, epsilon=epsilon, step_size=step_size, steps=steps,
+                  init_std=UTAE_INIT_STD, generator=generator, penalty=penalty)
 
 
 def decoupled_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ KL is averaged over the batch (RSLAD's code averages over batch × classes, i.e.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,15 +35,23 @@ def kl_pgd(
     steps: int,
     init_std: float = 0.001,
     generator: torch.Generator | None = None,
+    penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Adversarial examples maximising KL(T(x) ‖ S(x_adv)) on the student in eval mode."""
+    """Adversarial examples maximising Σ_i KL(T(x)_i ‖ S(x_adv)_i) − penalty(S(x_adv))_i.
+
+    The model is attacked in eval mode with frozen parameters; ``penalty`` maps logits to a
+    per-sample term (FERD's UTAEs subtract γ·KL(U ‖ S(x_adv)), Eq. 10).
+    """
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     x_adv = project(x + init_std * noise, x, epsilon)
     target = teacher_logits.detach()
     with attack_mode(student):
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            loss = kl_divergence(target, student(x_adv), reduction="none").sum()
+            logits = student(x_adv)
+            loss = kl_divergence(target, logits, reduction="none").sum()
+            if penalty is not None:
+                loss = loss - penalty(logits).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = project(x_adv.detach() + step_size * grad.sign(), x, epsilon)
     return x_adv.detach()
