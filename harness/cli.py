@@ -154,22 +154,70 @@ def teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_list(text: str) -> tuple[int, ...]:
+    try:
+        gpus = tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1 (got {text!r})") from None
+    if not gpus or min(gpus) < 0:
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1 (got {text!r})")
+    return gpus
+
+
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="experiment YAML file")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--results", default="results", help="the run store (default: ./results)")
     parser.add_argument("--mode", choices=("cached", "retry", "force"), default="cached",
                         help="cached: skip done cells, resume interrupted ones; retry: also rerun failed; force: all")
     parser.add_argument("--dry-run", action="store_true", help="list each cell's state and run nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--executor", choices=("local", "slurm"), help="default: the YAML's executor.kind, else local")
+    local = parser.add_argument_group("local executor")
+    local.add_argument("--gpus", type=_gpu_list, help="visible GPU indices to use, e.g. 0,1 (default: all)")
+    local.add_argument("--workers", type=_positive_int, help="CPU slots without GPUs; jobs per GPU with them")
+    local.add_argument("--device", default="auto",
+                       help="auto (default: the GPUs, else CPU), cpu (CPU slots only) or cuda:N (that GPU only)")
+    slurm = parser.add_argument_group("slurm executor (override executor.slurm)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--time", type=_positive_int, help="minutes per task")
+    slurm.add_argument("--cluster", choices=("slurm", "local", "debug"),
+                       help="local/debug: run the job array through submitit on this machine")
+    slurm.add_argument("--wait", action="store_true", help="wait for the submitted array to finish")
 
 
-@command("run", "validate an experiment and run its pending cells", _run_arguments)
+def _executor(args: argparse.Namespace, experiment, results):
+    """The executor the flags and the YAML's ``executor:`` block ask for."""
+    from dataclasses import replace
+
+    settings = experiment.executor
+    if (args.executor or settings.kind) == "slurm":
+        from harness.runner.slurm import SlurmExecutor
+
+        overrides = {k: getattr(args, k) for k in ("partition", "account", "time", "cluster")
+                     if getattr(args, k) is not None}
+        return SlurmExecutor(replace(settings.slurm, **overrides), results, wait=args.wait)
+    from harness.runner.local import LocalExecutor, local_slots
+
+    gpus, cpu = args.gpus or settings.gpus, args.device == "cpu"
+    if args.device.startswith("cuda"):
+        index = resolve_device(args.device).partition(":")[2]
+        if index:
+            if not index.isdigit():
+                raise HarnessError(f"--device: expected auto, cpu, cuda or cuda:N (got {args.device!r})")
+            gpus = (int(index),)
+    elif args.device not in ("auto", "cpu"):
+        raise HarnessError(f"--device: expected auto, cpu, cuda or cuda:N (got {args.device!r})")
+    return LocalExecutor(local_slots(list(gpus) if gpus else None, args.workers or settings.workers, cpu=cpu))
+
+
+@command("run", "validate an experiment and run (or submit) its pending cells", _run_arguments)
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from harness.config import load_experiment
-    from harness.runner import cell_state, check_results_folder, run_experiment, selected
+    from harness.runner import check_results_folder, run_experiment, selected
+    from harness.store import cell_state
 
     experiment = load_experiment(args.file)
     results = Path(args.results)
@@ -183,12 +231,40 @@ def run(args: argparse.Namespace) -> int:
     for checkpoint in sorted(checkpoints):
         if not Path(checkpoint).is_file():
             raise HarnessError(f"{args.file}: teacher.checkpoint: file not found: {checkpoint}")
-    device = resolve_device(args.device)
+    executor = _executor(args, experiment, results)
     check_results_folder(results)
-    outcome = run_experiment(experiment, results, device=device, mode=args.mode, progress=not args.quiet)
-    print(f"{experiment.name}: {outcome['done']} done, {outcome['failed']} failed, "
-          f"{outcome['skipped']} skipped (already finished)")
-    return 1 if outcome["failed"] else 0
+    outcome = run_experiment(experiment, results, executor, mode=args.mode, progress=not args.quiet)
+    parts = [f"{outcome[k]} {k}" for k in ("done", "failed", "interrupted", "submitted") if outcome[k]]
+    if outcome["busy"] or outcome["running"]:
+        parts.append(f"{outcome['busy'] + outcome['running']} running elsewhere")
+    if outcome["failed earlier"]:
+        parts.append(f"{outcome['failed earlier']} failed earlier (--mode retry reruns them)")
+    parts.append(f"{outcome['skipped']} skipped (already finished)")
+    print(f"{experiment.name}: " + ", ".join(parts))
+    return 1 if outcome["failed"] or outcome["interrupted"] else 0
+
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="experiment YAML file")
+    parser.add_argument("--results", default="results", help="the run store (default: ./results)")
+
+
+@command("status", "print the state of every cell of an experiment (and the errors of failed runs)",
+         _status_arguments)
+def status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.config import load_experiment
+    from harness.runner.status import grid_status
+
+    experiment = load_experiment(args.file)
+    table = grid_status(experiment, Path(args.results))
+    print(table.drop(columns="error").to_string(index=False))
+    counts = table["state"].value_counts()
+    print(f"{experiment.name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    for _, row in table[table["state"] == "failed"].iterrows():
+        print(f"failed: {row['run']}: {row['error']}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ together name a method, dataset, student and teacher)::
     methods: {ferd: {gamma: 0.5}}          # per-method hyper-parameters
     grid: {method: [...], seed: [0, 1, 2], ferd.gamma: [0.1, 0.5]}
     exclude: [{method: zskt, student: mobilenetv2}]
+    executor: {kind: slurm, slurm: {partition: gpu, time: 1440}}   # how `run` runs the grid
 
 ``grid`` lists expand to their cartesian product (duplicates collapse), ``exclude``
 removes matching cells. Mappings merge deeply over included files; lists replace.
@@ -38,7 +39,7 @@ from harness.registry import RegistryError, suggest
 from harness.schema import SchemaError, build, param, to_plain
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-TOP_LEVEL_KEYS = ("name", "description", "include", "base", "methods", "grid", "exclude")
+TOP_LEVEL_KEYS = ("name", "description", "include", "base", "methods", "grid", "exclude", "executor")
 ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
 
 
@@ -114,6 +115,38 @@ class CellSettings:
     data_root: str | None = param(None, doc="dataset folder; not part of the run key")
 
 
+@dataclass(frozen=True)
+class SlurmSettings:
+    """Job-array parameters of the Slurm executor (``executor.slurm``)."""
+
+    partition: str | None = param(None, doc="Slurm partition")
+    account: str | None = param(None, doc="Slurm account")
+    qos: str | None = param(None, doc="Slurm QOS")
+    constraint: str | None = param(None, doc="Slurm node constraint")
+    time: int = param(24 * 60, ge=1, doc="wall-clock limit per task, minutes")
+    cpus_per_task: int = param(8, ge=1)
+    mem_gb: int | None = param(None, ge=1, doc="memory per task; None = the partition's default")
+    array_parallelism: int = param(64, ge=1, doc="most tasks of the array running at once")
+    max_requeues: int = param(3, ge=0, doc="timeouts after which a task is requeued no more")
+    folder: str = param("slurm", doc="submitit's logs and pickles, inside the results folder")
+    cluster: Literal["slurm", "local", "debug"] = param("slurm", doc="local/debug: through submitit, on this machine")
+
+    def __post_init__(self) -> None:
+        if not SAFE_NAME.match(self.folder):
+            raise ValueError(f"folder: must be letters, digits, '_', '-' or '.' inside the results folder "
+                             f"(got {self.folder!r})")
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """How ``run`` executes the grid (``executor:``); command-line flags override it."""
+
+    kind: Literal["local", "slurm"] = "local"
+    gpus: tuple[int, ...] | None = param(None, doc="local: indices of the visible GPUs to use (default: all)")
+    workers: int | None = param(None, ge=1, doc="local: CPU slots when no GPU is used; jobs per GPU otherwise")
+    slurm: SlurmSettings = SlurmSettings()
+
+
 CELL_KEYS = tuple(f.name for f in fields(CellSettings))
 KEY_EXCLUDED = ("data_root",)
 
@@ -158,9 +191,32 @@ class RunSpec:
         return Path(self.experiment, s.dataset, self.method, s.student, f"seed{s.seed}-{self.key}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved cell as written to ``config.json``."""
+        """The resolved cell as written to ``config.json`` (with the paths a worker needs, which
+        are not part of the key)."""
+        checkpoint = self.settings.teacher.checkpoint
         return {"experiment": self.experiment, "method": self.method, "key": self.key,
-                **self.identity(), "data_root": self.settings.data_root}
+                **self.identity(), "data_root": self.settings.data_root,
+                "teacher_path": str(Path(checkpoint).resolve()) if checkpoint else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> RunSpec:
+        """The cell of a ``config.json``; fails if it no longer hashes to its key (the plugin or
+        the schema changed since it was written)."""
+        load_plugins()
+        try:
+            entry = METHODS.get(data["method"])
+            cell = {k: copy.deepcopy(data[k]) for k in CELL_KEYS if k in data}
+            cell["teacher"]["checkpoint"] = data.get("teacher_path")
+            settings = build(CellSettings, cell)
+            params = build(entry.plugin.Params, data["params"])
+        except (KeyError, TypeError, RegistryError, SchemaError) as error:
+            raise HarnessError(f"{source}: not a run config ({error})") from None
+        spec = cls(data["experiment"], settings, entry, params)
+        if spec.key != data.get("key"):
+            raise HarnessError(f"{source}: describes run {data.get('key')} but resolves to {spec.key} with "
+                               f"this code (method '{entry.plugin_name}' or the schema changed); run the "
+                               "experiment again with `python -m harness run`")
+        return spec
 
 
 @dataclass(frozen=True)
@@ -168,6 +224,7 @@ class Experiment:
     name: str
     path: Path
     cells: list[RunSpec]
+    executor: ExecutorSettings = ExecutorSettings()
 
 
 # --------------------------------------------------------------------------- loading YAML
@@ -281,13 +338,17 @@ class _Resolver:
         self.name = data.get("name", top.stem)
         if not isinstance(self.name, str) or not SAFE_NAME.match(self.name):
             self.fail("name", f"must be letters, digits, '_', '-' or '.' (got {self.name!r})")
-        for section in ("base", "methods", "grid"):
+        for section in ("base", "methods", "grid", "executor"):
             if not isinstance(data.get(section, {}), dict):
                 self.fail(section, "expected a mapping")
         self.base: dict[str, Any] = data.get("base") or {}
         self.methods: dict[str, Any] = data.get("methods") or {}
         self.grid: dict[str, Any] = data.get("grid") or {}
         self.exclude = data.get("exclude") or []
+        try:
+            self.executor = build(ExecutorSettings, data.get("executor") or {})
+        except SchemaError as error:
+            self.fail(f"executor.{error.path}" if error.path else "executor", error.message)
         load_plugins()
         self._check_sections()
 
@@ -438,4 +499,4 @@ def load_experiment(path: str | Path) -> Experiment:
     cells = resolver.cells()
     if not cells:
         raise ConfigError(f"{path}: exclude: every cell of the grid is excluded")
-    return Experiment(resolver.name, path, cells)
+    return Experiment(resolver.name, path, cells, resolver.executor)

@@ -3,9 +3,9 @@
 
 No generator: each epoch's synthesis round optimises one batch of images directly. The
 pixels are parameters θ ~ N(0, 1) and the images are x = sigmoid(θ) ∈ (0, 1); labels y are
-drawn uniformly over the classes. For T_g steps (``schedule.generator_steps``; 1000 in
-Fast-Datafree's CIFAR script, 2000 in the original) Adam (lr 0.1, betas (0.5, 0.99))
-minimises, on a jittered copy x̃ of x (one random roll of up to 1/8 of the side in each
+drawn uniformly over the classes. For ``inversion_steps`` steps (the reference scripts'
+g_steps: 1000 in Fast-Datafree's CIFAR script, 2000 in the original; 0, the default, takes
+the schedule's T_g) Adam (lr 0.1, betas (0.5, 0.99)) minimises, on a jittered copy x̃ of x (one random roll of up to 1/8 of the side in each
 direction, and a horizontal flip with probability ½ where flips are natural),
 
     L = λ_bn·L_bn(x̃) + λ_oh·CE(T(x̃), y) + λ_adv·(−JS_τ(S(x̃), T(x̃))) + λ_tv·TV₁(x) + λ_l2·‖x‖₂
@@ -38,8 +38,13 @@ Choices and reference-code issues:
   left out;
 - the student runs in eval mode without parameter gradients during synthesis.
 
-Per-dataset defaults: none — the method's budget is the schedule's (T_g steps on one batch
-of ``schedule.batch_size`` images per epoch), which experiments already size per dataset.
+Budget. One batch of ``schedule.batch_size`` images per epoch. Unlike a generator, which
+carries what it learnt from round to round, every batch starts again from noise, so DeepInv
+needs far more steps per round than the generator methods' T_g: on the shipped Fashion-MNIST
+teacher (batch 128, λ_adv 0) 20 steps leave L_bn at 4.2 and T agrees with the drawn label on
+13 % of the images (108 of 128 predicted as one class), 100 steps give L_bn 0.67 and 29 %, 200
+steps 0.51 and 38 %, 400 steps 0.48 and 58 %. Experiments set ``inversion_steps`` explicitly
+and the cost is in cost.json; no per-dataset default is hidden in the plugin.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class Params:
     lambda_l2: float = param(0.0, ge=0, doc="weight of the batch L2 norm of the images")
     temperature: float = param(3.0, gt=0, doc="softmax temperature τ of the JS term")
     jitter: float = param(1 / 8, ge=0, lt=1, doc="largest random roll, as a fraction of the side")
+    inversion_steps: int = param(0, ge=0, doc="Adam steps on each batch (g_steps); 0 = the schedule's T_g")
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2:
@@ -138,8 +144,9 @@ class DeepInv(Method):
 
     def __init__(self, params: Params, context: MethodContext) -> None:
         super().__init__(params, context)
-        if context.generator_steps < 1:
-            raise HarnessError("deepinv: schedule.generator_steps must be >= 1 (the inversion steps per epoch)")
+        self.steps = params.inversion_steps or context.generator_steps
+        if self.steps < 1:
+            raise HarnessError("deepinv: set deepinv.inversion_steps or schedule.generator_steps >= 1")
         self.stats = BNStatistics(context.teacher)
         self.pool = ImagePool(context.pool_size, context.info)
 
@@ -151,7 +158,7 @@ class DeepInv(Method):
         optimizer = torch.optim.Adam([latent], lr=p.lr, betas=p.betas)
         best = BestIterate()
         with attack_mode(ctx.student):
-            for _ in range(ctx.generator_steps):
+            for _ in range(self.steps):
                 images = torch.sigmoid(latent)
                 jittered = jitter_and_flip(images, p.jitter, info.hflip)
                 with self.stats.record():

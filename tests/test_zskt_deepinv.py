@@ -187,6 +187,22 @@ def test_deepinv_pools_the_best_iterate_not_the_last(monkeypatch):
     assert student.training  # restored after synthesis
 
 
+@pytest.mark.parametrize("inversion_steps, generator_steps, expected", [(0, 3, 3), (5, 3, 5)])
+def test_deepinv_inversion_steps_override_the_schedule(monkeypatch, inversion_steps, generator_steps, expected):
+    calls = []
+    real = deepinv.deepinv_loss
+    monkeypatch.setattr(deepinv, "deepinv_loss", lambda *args: calls.append(1) or real(*args))
+    params = deepinv.Params(inversion_steps=inversion_steps)
+    method = deepinv.DeepInv(params, context(cnn5(0), resnet8(1), generator_steps=generator_steps))
+    method.synthesize(0)
+    assert len(calls) == expected
+
+
+def test_deepinv_needs_some_steps():
+    with pytest.raises(HarnessError, match="inversion_steps"):
+        deepinv.DeepInv(deepinv.Params(), context(cnn5(0), resnet8(1), generator_steps=0))
+
+
 def test_deepinv_moves_the_images_towards_lower_loss():
     teacher, student = cnn5(0), resnet8(1)
     method = deepinv.DeepInv(deepinv.Params(), context(teacher, student, generator_steps=8))
@@ -242,7 +258,7 @@ def test_two_epochs_end_to_end_resuming_after_sigkill(method, tmp_path, teacher_
     write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, method=method))
     kill_at_first_checkpoint(start_run(tmp_path), tmp_path / "results", method, timeout=120, poll=0.02)
     folder = run_folder(tmp_path / "results", method)
-    assert json.loads((folder / "status.json").read_text())["state"] == "running"
+    assert json.loads((folder / "status.json").read_text())["state"] in ("running", "interrupted")
 
     run_experiment(tmp_path, timeout=180)
     assert [h["epoch"] for h in history_of(folder)] == [1, 2]

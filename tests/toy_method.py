@@ -1,10 +1,12 @@
 """A method plugin used only by the tests (loaded through HARNESS_PLUGINS or imported)."""
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from harness.backbone.method import Method, register_method
 from harness.schema import param
+from methods.noise import NoiseControl
 
 
 @dataclass(frozen=True)
@@ -23,3 +25,18 @@ class Toy(Method):
     @classmethod
     def default_params(cls, dataset: str) -> ToyParams:
         return ToyParams(steps=5) if dataset == "synthetic" else ToyParams()
+
+
+@dataclass(frozen=True)
+class NanParams:
+    nan_epoch: int = param(2, ge=1, doc="the first epoch whose synthesis loss is NaN")
+
+
+@register_method("noise-nan")
+class NoiseThenNaN(NoiseControl):
+    """The noise control whose synthesis loss becomes NaN at ``nan_epoch`` (runner tests)."""
+
+    Params = NanParams
+
+    def synthesize(self, epoch: int) -> dict[str, float]:
+        return {"toy_loss": math.nan if epoch + 1 >= self.params.nan_epoch else 1.0}

@@ -171,6 +171,9 @@ class Trainer:
                 line |= self._student_steps(generator)
             with self.cost.stage("end_of_epoch"):
                 line |= self.method.end_of_epoch(self.epoch)
+            for name, value in line.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise RunFailed(f"{name} became {value} at epoch {self.epoch + 1}")
             self.epoch += 1
             if self.epoch % schedule.history_every == 0 or self.epoch == schedule.epochs:
                 with self.cost.stage("probe"):

@@ -1,90 +1,72 @@
-"""Running grids: the state of each cell in the store, and the local executor.
+"""Running grids: which cells run, and the executors that run them.
 
-A cell's run folder holds ``status.json`` (pending/running/done/failed, attempt, host,
-device, times, error). ``run_experiment`` runs every cell that the mode selects, one after
-another on one device, and keeps going when a cell fails.
+``run_experiment`` selects the cells the mode asks for, writes each one's ``config.json`` and
+hands the jobs to an executor — ``local`` (:mod:`harness.runner.local`: one subprocess per GPU
+or CPU slot) or ``slurm`` (:mod:`harness.runner.slurm`: submitit job arrays). Every executor
+runs a cell through :func:`harness.worker.run_worker`, which holds the run folder's lock, so
+two runners on one grid never run the same cell twice.
 """
 
 from __future__ import annotations
 
-import json
-import socket
 import sys
-import time
-import traceback
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from harness.config import Experiment, RunSpec
 from harness.errors import HarnessError
-from harness.store import atomic_write_json
+from harness.store import atomic_write_json, cell_state, read_status
 
 Mode = Literal["cached", "retry", "force"]
 
 
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def cell_state(run_dir: Path) -> str:
-    """done, failed, interrupted (started but not finished) or pending."""
-    state = read_status(run_dir).get("state")
-    if state == "done" and (run_dir / "metrics.json").exists():
-        return "done"
-    if state == "failed":
-        return "failed"
-    if state == "running" or (run_dir / "checkpoints").exists():
-        return "interrupted"
-    return "pending"
-
-
 def selected(state: str, mode: Mode) -> bool:
-    """Whether a cell in ``state`` runs under ``mode``."""
+    """Whether a cell in ``state`` runs under ``mode`` (a cell running elsewhere never does)."""
+    if state == "running":
+        return False
     return mode == "force" or state in ("pending", "interrupted") or (mode == "retry" and state == "failed")
 
 
-def _write_status(run_dir: Path, **fields) -> None:
-    atomic_write_json(run_dir / "status.json", {**read_status(run_dir), **fields, "heartbeat": time.time()})
+@dataclass(frozen=True)
+class Job:
+    """One cell to run: its spec, its run folder, and whether earlier results are discarded."""
+
+    spec: RunSpec
+    run_dir: Path
+    fresh: bool = False
 
 
-def run_cell(spec: RunSpec, run_dir: Path, device: str, progress: bool, fresh: bool = False) -> str:
-    """Run one cell and record its outcome in status.json; returns the final state."""
-    from harness.backbone.trainer import train_cell
+class Executor(Protocol):
+    """Runs jobs; returns how many ended done, failed, interrupted, busy (elsewhere) or submitted."""
 
-    if fresh:
-        for name in ("checkpoints/last.pt", "metrics.json", "history.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-    attempt = read_status(run_dir).get("attempt", 0) + 1
-    _write_status(run_dir, state="running", attempt=attempt, host=socket.gethostname(), device=device,
-                  started=time.time(), error=None)
-    try:
-        train_cell(spec, run_dir, device, progress)
-    except KeyboardInterrupt:
-        raise
-    except Exception as error:  # a failed cell is recorded and the grid goes on
-        message = " ".join(str(error).split()) or type(error).__name__
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        _write_status(run_dir, state="failed", error=f"{type(error).__name__}: {message}", finished=time.time())
-        print(f"failed: {run_dir}: {message}", file=sys.stderr)
-        return "failed"
-    _write_status(run_dir, state="done", finished=time.time())
-    return "done"
+    def run(self, jobs: list[Job], progress: bool) -> Counter: ...
 
 
-def run_experiment(experiment: Experiment, results: Path, *, device: str, mode: Mode = "cached",
+def plan(experiment: Experiment, results: Path, mode: Mode) -> tuple[list[Job], Counter]:
+    """The jobs ``mode`` selects (their ``config.json`` written) and the states of the others."""
+    jobs, others = [], Counter()
+    for spec in experiment.cells:
+        run_dir = results / spec.relative_dir()
+        state = cell_state(run_dir)
+        if selected(state, mode):
+            atomic_write_json(run_dir / "config.json", spec.to_dict())
+            jobs.append(Job(spec, run_dir, fresh=mode == "force"))
+        else:
+            others[{"done": "skipped", "failed": "failed earlier"}.get(state, state)] += 1
+    return jobs, others
+
+
+def run_experiment(experiment: Experiment, results: Path, executor: Executor, *, mode: Mode = "cached",
                    progress: bool = True) -> Counter:
-    """Run the selected cells of ``experiment`` one after another; count the outcomes."""
-    outcome: Counter = Counter()
-    cells = [(spec, results / spec.relative_dir()) for spec in experiment.cells]
-    todo = [(spec, path) for spec, path in cells if selected(cell_state(path), mode)]
-    outcome["skipped"] = len(cells) - len(todo)
-    for number, (spec, run_dir) in enumerate(todo, 1):
-        print(f"[{number}/{len(todo)}] {spec.relative_dir()}", file=sys.stderr)
-        outcome[run_cell(spec, run_dir, device, progress, fresh=mode == "force")] += 1
+    """Run (or submit) the cells ``mode`` selects; count the outcomes."""
+    jobs, outcome = plan(experiment, results, mode)
+    outcome.update(executor.run(jobs, progress))
+    for job in jobs:
+        status = read_status(job.run_dir)
+        if status.get("state") == "failed":
+            print(f"failed: {job.run_dir}: {status.get('error')}", file=sys.stderr)
     return outcome
 
 

@@ -1,0 +1,258 @@
+"""The grid runner: worker subprocesses, run locks, kills at random moments, NaN runs, retry mode,
+the status table, and the Slurm executor through submitit's local executor."""
+
+import json
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.config import ExecutorSettings, SlurmSettings, load_experiment
+from harness.runner import plan
+from harness.runner.local import local_slots
+from harness.runner.slurm import CellJob, SlurmExecutor, slurm_parameters
+from harness.store import RunLock, atomic_write_json, cell_state, read_status, write_status
+from tests.e2e import ROOT, harness_process, history_of, run_experiment, start_run, write_experiment
+
+GRID = """
+base:
+  dataset: synthetic
+  student: resnet8
+  teacher: {{arch: cnn5, checkpoint: {teacher}}}
+  schedule: {{epochs: {epochs}, warmup_epochs: 0, generator_steps: 1, student_steps: 2, batch_size: 8,
+              history_every: 100, probe_n: 10}}
+  threat: {{train_steps: 1}}
+  eval: {{attacks: [clean], n_eval: 20}}
+grid:
+  method: [{method}]
+  seed: {seeds}
+"""
+
+
+def grid(where, teacher, *, epochs=2, seeds=(0, 1), method="noise", extra=""):
+    write_experiment(where, GRID.format(teacher=teacher, epochs=epochs, seeds=list(seeds), method=method) + extra)
+    return load_experiment(where / "exp.yaml")
+
+
+def folders(where):
+    return sorted((where / "results").glob("*/synthetic/*/resnet8/seed*-*"))
+
+
+def finish(process, timeout=300):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def test_two_runners_run_each_cell_exactly_once(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, seeds=(0, 1, 2, 3))
+    runners = [start_run(tmp_path), start_run(tmp_path)]
+    outputs = [finish(p) for p in runners]
+    assert all(code == 0 for code, _, _ in outputs), outputs
+    cells = folders(tmp_path)
+    assert len(cells) == 4
+    for folder in cells:
+        status = read_status(folder)
+        assert status["state"] == "done" and status["attempt"] == 1, folder
+        log = (folder / "worker.log").read_text()
+        assert log.count(": done") == 1, log
+        assert len(history_of(folder)) == 2
+
+
+def test_runner_and_worker_killed_at_random_moments_lose_nothing(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, epochs=5, seeds=(0, 1, 2))
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    grid(reference_dir, teacher_checkpoint, epochs=5, seeds=(0, 1, 2))
+    reference = start_run(reference_dir)
+    rng = random.Random(7)
+    resumable = set()  # cells running with a checkpoint when something was killed
+    for round_ in range(4):
+        runner = start_run(tmp_path)
+        deadline = time.time() + 120
+        while runner.poll() is None and time.time() < deadline:  # until a running cell has a checkpoint
+            if any((f / "checkpoints/last.pt").exists() and read_status(f).get("state") == "running"
+                   for f in folders(tmp_path)):
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if runner.poll() is not None:
+            break
+        running = [f for f in folders(tmp_path) if read_status(f).get("state") == "running"]
+        resumable |= {f for f in running if (f / "checkpoints/last.pt").exists()}
+        if running and round_ % 2 == 0:  # kill -9 the worker; the runner goes on with the other cells
+            try:
+                os.kill(read_status(running[0])["pid"], signal.SIGKILL)
+            except ProcessLookupError:  # it finished in the meantime
+                pass
+            code, _, _ = finish(runner)
+            assert code == 1 or read_status(running[0])["state"] == "done"  # else the cell is left interrupted
+        else:  # kill -9 the runner; its worker dies with it (PR_SET_PDEATHSIG)
+            runner.send_signal(signal.SIGKILL)
+            runner.wait()
+    run_experiment(tmp_path)
+    finish(reference)
+    assert resumable, "no run was interrupted after its first checkpoint; lengthen the delays"
+    for folder in folders(tmp_path):
+        status = read_status(folder)
+        assert status["state"] == "done", folder
+        assert not RunLock(folder).held_elsewhere()
+        twin = next((reference_dir / "results").glob(f"*/synthetic/noise/resnet8/{folder.name}"))
+        assert history_of(folder) == history_of(twin)  # every epoch once, same numbers as a straight run
+        for attack, numbers in json.loads((folder / "metrics.json").read_text())["attacks"].items():
+            expected = json.loads((twin / "metrics.json").read_text())["attacks"][attack]
+            assert {k: v for k, v in numbers.items() if k != "seconds"} == \
+                {k: v for k, v in expected.items() if k != "seconds"}
+        if folder in resumable:
+            assert status["resumed"] is True and status["attempt"] >= 2, folder
+
+
+def test_nan_run_fails_the_rest_completes_and_retry_reruns_only_it(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, method="noise, noise-nan", epochs=3, seeds=(0,),
+         extra="methods: {noise-nan: {nan_epoch: 2}}\n")
+    code, out, err = finish(start_run(tmp_path))
+    assert code == 1 and "1 done, 1 failed" in out
+    nan_dir, = [f for f in folders(tmp_path) if "/noise-nan/" in str(f)]
+    good_dir, = [f for f in folders(tmp_path) if "/noise/" in str(f)]
+    status = read_status(nan_dir)
+    assert status["state"] == "failed" and status["error"] == "RunFailed: toy_loss became nan at epoch 2"
+    assert f"failed: {nan_dir.relative_to(tmp_path)}: RunFailed: toy_loss became nan at epoch 2" in err
+    assert (nan_dir / "error.log").exists() and read_status(good_dir)["state"] == "done"
+
+    table = harness_process("status", "exp.yaml", cwd=tmp_path)
+    out, _ = table.communicate(timeout=120)
+    assert "1 done" in out and "1 failed" in out
+    assert "toy_loss became nan at epoch 2" in out
+
+    code, out, _ = finish(start_run(tmp_path))  # cached: the failed run is left alone
+    assert "1 failed earlier (--mode retry reruns them)" in out and read_status(nan_dir)["attempt"] == 1
+    code, out, _ = finish(harness_process("run", "exp.yaml", "--quiet", "--device", "cpu", "--mode", "retry",
+                                          cwd=tmp_path))
+    assert read_status(nan_dir)["attempt"] == 2 and read_status(good_dir)["attempt"] == 1
+
+
+def test_plan_writes_configs_that_workers_resolve_to_the_same_key(tmp_path, teacher_checkpoint):
+    experiment = grid(tmp_path, teacher_checkpoint)
+    jobs, others = plan(experiment, tmp_path / "results", "cached")
+    assert len(jobs) == 2 and not others
+    from harness.config import RunSpec
+
+    for job in jobs:
+        config = json.loads((job.run_dir / "config.json").read_text())
+        assert RunSpec.from_dict(config).key == job.spec.key
+        assert config["teacher_path"] == str(Path(teacher_checkpoint).resolve())
+    config["params"] = {"unknown": 1}
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="not a run config"):
+        RunSpec.from_dict(config)
+
+
+def test_run_lock_is_exclusive_and_freed_on_release(tmp_path):
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    assert first.acquire()
+    assert not second.acquire(wait=0.2) and second.held_elsewhere()
+    first.release()
+    assert second.acquire() and first.held_elsewhere()
+    second.release()
+    assert not first.held_elsewhere()
+    write_status(tmp_path, state="running", host="elsewhere")
+    assert cell_state(tmp_path) == "running"  # another host's fresh heartbeat (its lock is not visible here)
+    atomic_write_json(tmp_path / "status.json", {**read_status(tmp_path), "heartbeat": time.time() - 3600})
+    assert cell_state(tmp_path) == "interrupted"  # stale: nobody is on it
+    write_status(tmp_path, host=socket.gethostname())
+    assert cell_state(tmp_path) == "interrupted"  # this host: the free lock is the truth
+
+
+def test_local_slots_share_the_cpu_cores():
+    slots = local_slots(workers=2, cpu=True)
+    assert [s.name for s in slots] == ["cpu0", "cpu1"] and all(s.device == "cpu" for s in slots)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert all(s.env["OMP_NUM_THREADS"] == str(threads) and s.env["CUDA_VISIBLE_DEVICES"] == "" for s in slots)
+
+
+def test_bad_executor_block_is_one_line(tmp_path, teacher_checkpoint):
+    write_experiment(tmp_path, GRID.format(teacher=teacher_checkpoint, epochs=2, seeds=[0], method="noise")
+                     + "executor: {slurm: {folder: ../../etc}}\n")
+    process = harness_process("run", "exp.yaml", cwd=tmp_path)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and len(err.strip().splitlines()) == 1
+    assert "executor.slurm.folder" in err and not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------- Slurm through submitit
+def test_slurm_without_a_cluster_is_one_line(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, extra="executor: {kind: slurm}\n")
+    process = harness_process("run", "exp.yaml", cwd=tmp_path)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and len(err.strip().splitlines()) == 1 and "srun" in err
+
+
+def test_slurm_parameters_ask_for_one_gpu_per_task():
+    settings = SlurmSettings(partition="gpu", account="lab", time=90, array_parallelism=8, mem_gb=32)
+    assert slurm_parameters(settings) == {
+        "timeout_min": 90, "gpus_per_node": 1, "tasks_per_node": 1, "nodes": 1, "cpus_per_task": 8,
+        "slurm_array_parallelism": 8, "slurm_partition": "gpu", "slurm_account": "lab", "mem_gb": 32}
+    assert ExecutorSettings().kind == "local"
+
+
+def test_slurm_array_submission_writes_the_sbatch_script(tmp_path, teacher_checkpoint, monkeypatch):
+    """The real Slurm executor, with ``sbatch`` replaced by a recorder: array size, GPUs, time, partition."""
+    import submitit.slurm.slurm as slurm_module
+
+    submitted = []
+
+    def fake_submit(self, command):
+        submitted.append(self._make_submission_file_text(command, "test"))
+        return slurm_module.SlurmJob(folder=self.folder, job_id="4242_0", tasks=[0])
+
+    monkeypatch.setattr(slurm_module.SlurmExecutor, "_submit_command", fake_submit)
+    monkeypatch.setattr(slurm_module.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun" exists
+    experiment = grid(tmp_path, teacher_checkpoint, seeds=(0, 1, 2))
+    results = tmp_path / "results"
+    jobs, _ = plan(experiment, results, "cached")
+    executor = SlurmExecutor(SlurmSettings(partition="gpu", time=90), results)
+    executor.submit(jobs)
+    (script,) = submitted
+    assert "#SBATCH --array=0-2%3" in script  # three cells; parallelism capped at the array size
+    assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --time=90" in script
+    assert "#SBATCH --partition=gpu" in script
+    records = json.loads((results / "slurm" / "jobs.json").read_text())
+    assert sorted(r["run_dir"] for r in records) == sorted(str(j.run_dir) for j in jobs)
+
+
+@pytest.fixture
+def job_environment(monkeypatch):
+    """submitit's local jobs import the harness and the toy plugins like our workers do."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+
+def test_slurm_local_cluster_runs_the_grid_and_waits(tmp_path, teacher_checkpoint, job_environment):
+    grid(tmp_path, teacher_checkpoint, seeds=(0,), extra="executor: {kind: slurm, slurm: {cluster: local, time: 5}}\n")
+    code, out, err = finish(harness_process("run", "exp.yaml", "--wait", cwd=tmp_path))
+    assert code == 0 and "1 done" in out, err
+    (folder,) = folders(tmp_path)
+    assert read_status(folder)["state"] == "done"
+
+
+def test_slurm_timeout_checkpoints_and_requeues_the_cell(tmp_path, teacher_checkpoint, job_environment):
+    experiment = grid(tmp_path, teacher_checkpoint, epochs=40, seeds=(0,))
+    results = tmp_path / "results"
+    jobs, _ = plan(experiment, results, "cached")
+    executor = SlurmExecutor(SlurmSettings(cluster="local", time=5), results)
+    ((job, handle),) = executor.submit(jobs)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (
+            (job.run_dir / "checkpoints/last.pt").exists() and read_status(job.run_dir).get("state") == "running"):
+        time.sleep(0.02)
+    # what Slurm sends the task before its time limit (or on pre-emption): submitit calls checkpoint()
+    os.kill(read_status(job.run_dir)["pid"], signal.SIGUSR2)
+    assert handle.result() == "done"
+    status = read_status(job.run_dir)
+    assert status["attempt"] == 2 and status["resumed"] is True
+    assert [h["epoch"] for h in history_of(job.run_dir)] == list(range(1, 41))
+    requeued = CellJob(fresh=True).checkpoint(str(job.run_dir))
+    assert requeued.function.fresh is False and requeued.args == (str(job.run_dir),)
