@@ -74,6 +74,8 @@ class Schedule:
     checkpoint_every: int = param(1, ge=1, doc="epochs between checkpoints")
     history_every: int = param(10, ge=1, doc="epochs between held-out accuracy probes")
     probe_n: int = param(500, ge=10, doc="stratified training-split images in each probe")
+    adversarial: bool = param(True, doc="false: DFKD instead of DFRD, the student distils on the clean "
+                                        "images and the method's adversarial step is skipped (Table 8)")
 
     def __post_init__(self) -> None:
         if self.warmup_epochs >= self.epochs:

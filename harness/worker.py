@@ -33,7 +33,8 @@ BUSY = 75  # EX_TEMPFAIL: another live worker holds the cell
 FAILED = 1
 HEARTBEAT_SECONDS = float(os.environ.get("HARNESS_HEARTBEAT_SECONDS", "30"))
 LOCK_WAIT_SECONDS = 10.0
-FRESH_FILES = ("checkpoints/last.pt", "metrics.json", "history.jsonl", "samples.npz", "student.pt", "cost.json")
+FRESH_FILES = ("checkpoints/last.pt", "metrics.json", "history.jsonl", "samples.npz", "synthetic.npz", "student.pt",
+               "cost.json")
 
 
 class _Heartbeat(threading.Thread):

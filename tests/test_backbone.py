@@ -1,7 +1,9 @@
 """Shared DFRD machinery: BN-statistics hooks, generator, pool, cost, trainer and resume."""
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,8 @@ from harness.backbone.bn_hooks import BNStatistics
 from harness.backbone.cost import Cost
 from harness.backbone.generator import Generator
 from harness.backbone.pool import ImagePool
+from harness.backbone.trainer import Trainer
+from harness.config import load_experiment
 from harness.data import get_dataset
 from harness.models import create_model
 from tests.e2e import (
@@ -117,8 +121,12 @@ def test_run_writes_the_run_folder_and_skips_done_cells(tmp_path, teacher_checkp
     run_experiment(tmp_path)
     folder = run_folder(tmp_path / "results", "noise")
     for name in ("config.json", "status.json", "history.jsonl", "cost.json", "metrics.json", "env.json",
-                 "checkpoints/last.pt", "samples.npz"):
+                 "checkpoints/last.pt", "samples.npz", "synthetic.npz"):
         assert (folder / name).exists(), name
+    gallery = np.load(folder / "synthetic.npz")
+    assert gallery["images"].dtype == np.uint8 and gallery["images"].shape[1:] == (3, 16, 16)
+    assert len(gallery["images"]) == len(gallery["teacher_labels"]) <= 8 * 10
+    assert np.bincount(gallery["teacher_labels"]).max() <= 8 and gallery["draw_histogram"].sum() > 0
     history = history_of(folder)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert "student_loss" not in history[0] and "student_loss" in history[1]  # warm-up epoch
@@ -159,3 +167,19 @@ def test_killed_run_resumes_with_the_same_history(tmp_path, teacher_checkpoint):
     # per-epoch reseeding: the resumed run's numbers equal the uninterrupted run's
     assert history == reference
     assert json.loads((folder / "status.json").read_text())["attempt"] == 2
+
+
+def test_dfkd_schedule_skips_the_adversarial_step(tmp_path, teacher_checkpoint):
+    """``schedule.adversarial: false`` (Table 8): the loss gets the clean batch, the attack never runs."""
+    write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, steps=2))
+    (spec,) = load_experiment(tmp_path / "exp.yaml").cells
+    dfkd = replace(spec, settings=replace(spec.settings, schedule=replace(spec.settings.schedule, adversarial=False)))
+    assert dfkd.key != spec.key
+    for cell, attacked in ((spec, True), (dfkd, False)):
+        trainer = Trainer(cell, tmp_path, "cpu", progress=False)
+        calls, seen = [], []
+        trainer.method.adversarial = lambda x, logits, generator: calls.append(1) or x + 0.01
+        trainer.method.student_loss = lambda x, x_adv, logits, labels: (
+            seen.append(torch.equal(x, x_adv)) or trainer.student(x).sum() * 0)
+        trainer._student_steps(torch.Generator().manual_seed(0))
+        assert len(calls) == (2 if attacked else 0) and seen == [not attacked] * 2

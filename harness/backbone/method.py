@@ -7,6 +7,7 @@ hooks the shared trainer calls each epoch (DESIGN.md, "The method contract"):
 
 - ``synthesize(epoch)``: the generation stage of one epoch (update generator/images, fill the pool);
 - ``sample(batch_size, generator)``: clean synthetic images (and labels when the method has them);
+- ``gallery(n, generator)``: images for the samples figure (default: the pool, else ``sample``);
 - ``adversarial(x, teacher_logits, generator)``: adversarial examples for the distillation step;
 - ``student_loss(x, x_adv, teacher_logits, labels)``: the distillation loss;
 - ``end_of_epoch(epoch)``: e.g. FERD's class reweighting;
@@ -32,6 +33,7 @@ from torch.utils.data import Dataset
 
 from harness.backbone.cost import Cost
 from harness.backbone.distill import kl_pgd, rslad_loss
+from harness.backbone.pool import ImagePool
 from harness.data import DatasetInfo
 from harness.errors import HarnessError
 from harness.registry import Registry
@@ -90,6 +92,14 @@ class Method:
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clean synthetic images in [0, 1] for one student step (and labels if the method has them)."""
         raise NotImplementedError
+
+    def gallery(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Up to ``n`` synthetic images for the samples figure (Figs. 6–7): distinct images of
+        the pool as stored when the method keeps one, else a batch from ``sample``."""
+        pool = getattr(self, "pool", None)
+        if isinstance(pool, ImagePool) and len(pool):
+            return pool.draw(n, generator)
+        return self.sample(n, generator)[0].cpu()
 
     def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Adversarial examples for the distillation step (default: KL-PGD on the student)."""

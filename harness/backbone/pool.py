@@ -36,6 +36,11 @@ class ImagePool:
             images = augment_batch(images, self.info, generator)
         return images, self.labels[index].to(device)
 
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Up to ``n`` distinct stored images in random order, as stored (no augmentation)."""
+        index = torch.randperm(len(self), generator=generator)[:n]
+        return self.images[index].float()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"images": self.images, "labels": self.labels}
 

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -37,6 +38,9 @@ from harness.store import atomic_write_bytes, atomic_write_json
 from harness.teacher import load_teacher
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+GALLERY = "synthetic.npz"
+GALLERY_DRAW = 500  # images drawn from the final pool and labelled by the teacher
+GALLERY_PER_CLASS = 8  # of which at most this many per teacher class are kept
 
 
 class RunFailed(HarnessError):
@@ -105,8 +109,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
             "cost": self.cost.to_dict(), "history": json.dumps(self.history)})
 
-    def resume(self) -> bool:
-        """Load the last checkpoint if there is one; True when resumed."""
+    def load_checkpoint(self) -> bool:
+        """Restore the state of the last checkpoint if there is one (writes nothing); True if found."""
         path = self.run_dir / CHECKPOINT
         if not path.exists():
             return False
@@ -117,8 +121,34 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.cost.load(state["cost"])
         self.history, self.epoch = json.loads(state["history"]), state["epoch"]
+        return True
+
+    def resume(self) -> bool:
+        """Continue from the last checkpoint if there is one; True when resumed."""
+        if not self.load_checkpoint():
+            return False
         self._write_history()
         return True
+
+    def write_gallery(self) -> Path:
+        """``synthetic.npz``: up to GALLERY_PER_CLASS synthetic images per teacher class (uint8,
+        from a draw of GALLERY_DRAW), the teacher's label and confidence for each, and the
+        teacher-label histogram of the whole draw (the class balance of the pool)."""
+        generator = torch.Generator().manual_seed(epoch_seed(self.spec.settings.seed, self.epoch) + 2)
+        with torch.no_grad():
+            images = self.method.gallery(GALLERY_DRAW, generator).float().clamp(0, 1)
+            probabilities = torch.cat([self.teacher(batch.to(self.device)).softmax(1).cpu()
+                                       for batch in images.split(self.spec.settings.eval.batch_size)])
+        confidence, labels = probabilities.max(1)
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:GALLERY_PER_CLASS]
+                          for c in range(self.info.num_classes)])
+        path = self.run_dir / GALLERY
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, images=(images[keep] * 255).round().to(torch.uint8).numpy(),
+                            teacher_labels=labels[keep].numpy(), teacher_confidence=confidence[keep].numpy(),
+                            draw_histogram=np.bincount(labels.numpy(), minlength=self.info.num_classes))
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
 
     def _write_history(self) -> None:
         text = "".join(json.dumps(line) + "\n" for line in self.history)
@@ -133,8 +163,11 @@ class Trainer:
                 x, labels = self.method.sample(self.schedule.batch_size, generator)
             with torch.no_grad(), self.cost.stage("teacher"):
                 teacher_logits = self.teacher(x)
-            with self.cost.stage("adversarial"):
-                x_adv = self.method.adversarial(x, teacher_logits, generator)
+            if self.schedule.adversarial:
+                with self.cost.stage("adversarial"):
+                    x_adv = self.method.adversarial(x, teacher_logits, generator)
+            else:  # DFKD: the method's loss sees the clean batch in place of its adversarial one
+                x_adv = x
             with self.cost.stage("student"):
                 loss = self.method.student_loss(x, x_adv, teacher_logits, labels)
                 if not math.isfinite(loss.item()):
@@ -215,4 +248,5 @@ def train_cell(spec: RunSpec, run_dir: Path, device: str | torch.device = "cpu",
     trainer.train()
     metrics = trainer.evaluate()
     atomic_write_json(run_dir / "cost.json", trainer.cost.to_dict())
+    trainer.write_gallery()  # after cost.json: labelling the gallery is not the method's teacher cost
     return metrics
