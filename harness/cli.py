@@ -267,6 +267,100 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_source(args: argparse.Namespace) -> str:
+    """The experiment named on the command line, else the only experiment in the store."""
+    from pathlib import Path
+
+    if args.experiment:
+        return args.experiment
+    results = Path(args.results)
+    names = sorted(p.name for p in results.iterdir() if p.is_dir() and any(p.glob("*/*/*/seed*-*/config.json"))) \
+        if results.is_dir() else []
+    if len(names) != 1:
+        found = f"it holds {', '.join(names)}" if names else "it holds no runs"
+        raise HarnessError(f"name an experiment (a YAML file or a folder of {results}); {found}")
+    return names[0]
+
+
+def _table_arguments(parser: argparse.ArgumentParser) -> None:
+    from harness.report.tables import LAYOUTS, METRICS
+
+    parser.add_argument("experiment", nargs="?", help="experiment YAML file (shows missing cells) or name in the store")
+    parser.add_argument("--metric", choices=(*METRICS, "all"),
+                        help="one metric per attack (default: the paper's Avg, Worst [Worst-10%% for >= 100 "
+                             "classes], NSD)")
+    parser.add_argument("--attacks", help="comma-separated subset of clean,fgsm,pgd20,cw,aa (default: all evaluated)")
+    parser.add_argument("--layout", choices=LAYOUTS, help="table layout (default: chosen from the experiment)")
+    parser.add_argument("--format", choices=("md", "tex", "csv"), help="default: from --out's suffix, else md")
+    parser.add_argument("--out", help="write to this file instead of standard output")
+    parser.add_argument("--cost", action="store_true", help="add wall time and teacher queries per row")
+    parser.add_argument("--results", default="results", help="the run store (default: ./results)")
+
+
+@command("table", "paper-style table of an experiment from the store (Markdown, LaTeX or CSV)", _table_arguments)
+def table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.report.collect import open_store
+    from harness.report.tables import build_table, render
+    from harness.store import atomic_write_bytes
+
+    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
+    if fmt not in ("md", "tex", "csv"):
+        raise HarnessError(f"--out: cannot tell the format from '{args.out}'; give --format md|tex|csv")
+    store = open_store(_experiment_source(args), args.results)
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
+    text = render(build_table(store, args.layout, args.metric, attacks, args.cost), fmt)
+    if args.out:
+        atomic_write_bytes(Path(args.out), text.encode())
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _plot_arguments(parser: argparse.ArgumentParser) -> None:
+    from harness.report.plots import KINDS
+
+    parser.add_argument("kind", choices=(*KINDS, "all"),
+                        help="the figure (all: every kind the experiment has data for)")
+    parser.add_argument("experiment", nargs="?", help="experiment YAML file or name in the store")
+    parser.add_argument("--attacks", help="comma-separated subset of clean,fgsm,pgd20,cw,aa")
+    parser.add_argument("--param", default="gamma", help="gamma: the swept hyper-parameter (default: gamma)")
+    parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default: png,pdf)")
+    parser.add_argument("--out", help="output folder (default: reports/<experiment>)")
+    parser.add_argument("--results", default="results", help="the run store (default: ./results)")
+
+
+@command("plot", "the paper's figures of an experiment from the store, as PNG and PDF", _plot_arguments)
+def plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.report.collect import open_store
+    from harness.report.plots import KINDS, PlotOptions
+    from harness.report.plots import plot as draw
+
+    store = open_store(_experiment_source(args), args.results)
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if unknown or not formats:
+        raise HarnessError(f"--formats: '{args.formats}' (choose from png, pdf, svg)")
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
+    options = PlotOptions(Path(args.out or Path("reports") / store.name), attacks, formats, args.param)
+    if args.kind != "all":
+        paths = draw(args.kind, store, options)
+    else:
+        paths = []
+        for kind in KINDS:
+            try:
+                paths += draw(kind, store, options)
+            except HarnessError as error:
+                print(f"{kind}: skipped ({error})", file=sys.stderr)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness",

@@ -1,0 +1,391 @@
+"""The paper's figures from the store (matplotlib/seaborn, Agg), PNG and PDF under ``reports/<experiment>/``.
+
+Kinds (:data:`KINDS`): ``per-class`` (Fig. 1: the teacher's and each method's class-wise
+accuracy, a panel per attack), ``confusion`` (Figs. 2, 9: row-normalised confusion matrices, a
+file per attack, a panel per method), ``weights`` (Fig. 4: FERD's class sampling weights per
+epoch, and per-class robustness with equal vs reweighted sampling), ``gamma`` (Fig. 5: Avg and
+Worst against γ, or any swept ``--param``), ``epochs`` (Fig. 8: the held-out probes of
+``history.jsonl`` per epoch) and ``samples`` (Figs. 6–7: synthetic images per method, a row per
+teacher class). Each method keeps one colour in every figure (FERD red).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from harness.errors import HarnessError  # noqa: E402
+from harness.report.collect import Run, Store, value_text  # noqa: E402
+from harness.report.tables import ATTACK_TITLES, ATTACKS  # noqa: E402
+from harness.store import atomic_write_bytes  # noqa: E402
+
+FAMILY_COLORS = {"teacher": "#222222", "noise": "#9e9e9e", "zskt": "#8c564b", "deepinv": "#9467bd",
+                 "cmi": "#2ca02c", "fast": "#ff7f0e", "dfhl": "#1f77b4", "ferd": "#d62728",
+                 "ard": "#7f7f7f", "rslad": "#bcbd22", "fair-ard": "#17becf", "fair-rslad": "#e377c2"}
+TEACHER = "teacher"
+MAX_ANNOTATED_CLASSES = 10  # confusion cells carry their number up to this many classes
+MAX_LABELLED_CLASSES = 20  # beyond this, per-class plots draw lines and sparse ticks
+GALLERY_CLASSES = 10  # classes (rows) shown per method in the samples figure
+Figure = Callable[[Store, "PlotOptions"], list[Path]]
+
+
+# --------------------------------------------------------------------------- shared helpers
+class PlotOptions:
+    """What the ``plot`` command passes: attacks, output folder, file formats, swept parameter."""
+
+    def __init__(self, out: Path, attacks: list[str] | None = None, formats: tuple[str, ...] = ("png", "pdf"),
+                 param: str = "gamma") -> None:
+        self.out, self.attacks, self.formats, self.param = Path(out), attacks, formats, param
+
+
+def palette(store: Store, with_teacher: bool = False) -> dict[str, Any]:
+    """A colour per variant: its method family's hue, in shades when a family has several variants."""
+    variants = list(dict.fromkeys(run.variant for run in store.runs))
+    families: dict[str, list[str]] = {}
+    for run in store.runs:
+        family = run.config.get("plugin") or run.method
+        families.setdefault(family, [])
+        if run.variant not in families[family]:
+            families[family].append(run.variant)
+    spare = iter(sns.color_palette("tab10", len(families) + 10)[::-1])
+    colors: dict[str, Any] = {TEACHER: FAMILY_COLORS[TEACHER]} if with_teacher else {}
+    for family, members in families.items():
+        base = FAMILY_COLORS.get(family) or next(spare)
+        shades = sns.light_palette(base, len(members) + 2, reverse=True)[: len(members)] if len(members) > 1 else [base]
+        colors |= dict(zip(members, shades))
+    return {v: colors[v] for v in ([TEACHER] if with_teacher else []) + variants}
+
+
+def _save(figure: plt.Figure, options: PlotOptions, stem: str, dpi: int = 150) -> list[Path]:
+    paths = []
+    for fmt in options.formats:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, bbox_inches="tight", dpi=dpi)
+        path = options.out / f"{stem}.{fmt}"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    plt.close(figure)
+    return paths
+
+
+def _attacks(store: Store, options: PlotOptions, default: tuple[str, ...] | None = None) -> list[str]:
+    present = [a for a in ATTACKS if any(a in (run.metrics or {}).get("attacks", {}) for run in store.runs)]
+    if not present:
+        raise HarnessError(f"{store.name}: no finished run yet (nothing to draw)")
+    if options.attacks:
+        chosen = [a for a in options.attacks if a in present]
+        if not chosen:
+            raise HarnessError(f"{store.name}: no finished run was evaluated under {', '.join(options.attacks)}")
+        return chosen
+    return [a for a in (default or present) if a in present] or present
+
+
+def _teacher(store: Store) -> dict[str, Any] | None:
+    for run in store.finished():
+        report = run.teacher_report()
+        if report and report.get("dataset") == run.dataset:
+            return report
+    return None
+
+
+def _per_class_long(store: Store, attacks: list[str], with_teacher: bool) -> pd.DataFrame:
+    """One line per (variant or teacher, seed, attack, class): the class accuracy in percent."""
+    names = store.class_names()
+    rows = []
+    sources: list[tuple[str, int, dict[str, Any]]] = [(run.variant, run.seed, run.metrics) for run in store.finished()]
+    teacher = _teacher(store) if with_teacher else None
+    if teacher:
+        sources.insert(0, (TEACHER, 0, teacher))
+    for who, seed, report in sources:
+        for attack in attacks:
+            result = report["attacks"].get(attack)
+            for c, accuracy in enumerate(result["per_class"] if result else []):
+                rows.append({"who": who, "seed": seed, "attack": attack, "class": names[c], "accuracy": accuracy})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- figures
+def per_class(store: Store, options: PlotOptions) -> list[Path]:
+    """Fig. 1: class-wise accuracy of the teacher and each method, one panel per attack."""
+    attacks = _attacks(store, options)
+    data = _per_class_long(store, attacks, with_teacher=True)
+    colors = {k: v for k, v in palette(store, with_teacher=True).items() if k in set(data["who"])}
+    classes = len(store.class_names())
+    width = max(6.0, 0.09 * classes * len(colors)) if classes <= MAX_LABELLED_CLASSES else 10.0
+    figure, axes = plt.subplots(len(attacks), 1, figsize=(width, 2.8 * len(attacks)), squeeze=False, sharex=True)
+    for axis, attack in zip(axes[:, 0], attacks):
+        panel = data[data["attack"] == attack]
+        if classes <= MAX_LABELLED_CLASSES:
+            sns.barplot(panel, x="class", y="accuracy", hue="who", palette=colors, hue_order=list(colors),
+                        errorbar="sd", err_kws={"linewidth": 0.8}, ax=axis, legend=axis is axes[0, 0])
+        else:
+            sns.lineplot(panel, x="class", y="accuracy", hue="who", palette=colors, hue_order=list(colors),
+                         errorbar="sd", ax=axis, legend=axis is axes[0, 0], sort=False)
+            axis.set_xticks(range(0, classes, 10))
+        axis.set(title=ATTACK_TITLES[attack], xlabel="", ylabel="accuracy (%)", ylim=(0, 100))
+        axis.grid(axis="y", alpha=0.3)
+    axes[-1, 0].tick_params(axis="x", rotation=30 if classes <= MAX_LABELLED_CLASSES else 0)
+    sns.move_legend(axes[0, 0], "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False)
+    figure.suptitle(f"{store.name}: per-class accuracy", y=1.0)
+    return _save(figure, options, "per-class")
+
+
+def confusion(store: Store, options: PlotOptions) -> list[Path]:
+    """Figs. 2, 9: row-normalised confusion matrices (percent of each true class), seeds summed."""
+    names = store.class_names()
+    paths = []
+    for attack in _attacks(store, options):
+        matrices: dict[str, np.ndarray] = {}
+        teacher = _teacher(store)
+        if teacher and attack in teacher["attacks"]:
+            matrices[TEACHER] = np.asarray(teacher["attacks"][attack]["confusion"], dtype=float)
+        for run in store.finished():
+            result = run.metrics["attacks"].get(attack)
+            if result:
+                counts = np.asarray(result["confusion"], dtype=float)
+                matrices[run.variant] = matrices.get(run.variant, 0) + counts
+        columns = min(4, len(matrices))
+        rows = math.ceil(len(matrices) / columns)
+        side = 3.2 if len(names) <= MAX_ANNOTATED_CLASSES else 4.0
+        figure, axes = plt.subplots(rows, columns, figsize=(side * columns, side * rows), squeeze=False)
+        for axis, (who, counts) in zip(axes.flat, matrices.items()):
+            totals = counts.sum(axis=1, keepdims=True)
+            percent = 100 * np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+            annotate = len(names) <= MAX_ANNOTATED_CLASSES
+            sns.heatmap(percent, vmin=0, vmax=100, cmap="Blues", square=True, cbar=False, annot=annotate,
+                        fmt=".0f", annot_kws={"fontsize": 6}, ax=axis,
+                        xticklabels=names if annotate else False, yticklabels=names if annotate else False)
+            axis.set_title(who, fontsize=9)
+            axis.set(xlabel="predicted", ylabel="true")
+            axis.tick_params(labelsize=6)
+        for axis in list(axes.flat)[len(matrices):]:
+            axis.set_visible(False)
+        figure.suptitle(f"{store.name}: confusion under {ATTACK_TITLES[attack]} (% of each true class)")
+        figure.tight_layout()
+        paths += _save(figure, options, f"confusion-{attack}")
+    return paths
+
+
+def _equal_weight(run: Run) -> bool:
+    params = run.config.get("params", {})
+    return run.method == "ferd-no-reweight" or params.get("reweight") == "none" or params.get("beta") == 0
+
+
+def _loss_weights(run: Run) -> bool:
+    """Fair-ARD logs loss weights ω (mean 1); FERD logs sampling weights p (sum 1)."""
+    return run.config.get("plugin") == "fair-ard"
+
+
+def weights(store: Store, options: PlotOptions) -> list[Path]:
+    """Fig. 4: FERD's class sampling weights p per epoch (mean over seeds; dashed: uniform 1/C) —
+    Fair-ARD's loss weights ω (dashed: 1) — and per-class robustness of equal-weight vs reweighted
+    runs when the experiment has both."""
+    names = store.class_names()
+    weighted: dict[str, list[np.ndarray]] = {}
+    loss_weights: set[str] = set()
+    for run in store.runs:
+        epochs = [line["class_weights"] for line in run.history if "class_weights" in line]
+        if epochs and not _equal_weight(run):
+            weighted.setdefault(run.variant, []).append(np.asarray(epochs))
+            if _loss_weights(run):
+                loss_weights.add(run.variant)
+    if not weighted:
+        raise HarnessError(f"{store.name}: no run logged class weights (FERD's history 'class_weights')")
+    attack = _attacks(store, options, ("pgd20",))[0]
+    compare = [run for run in store.finished() if _equal_weight(run) or run.variant in weighted]
+    show_compare = any(_equal_weight(run) for run in compare) and len({r.variant for r in compare}) > 1
+    panels = len(weighted) + show_compare
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6), squeeze=False)
+    class_colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
+    for axis, (variant, runs) in zip(axes[0], weighted.items()):
+        shortest = min(len(w) for w in runs)
+        mean = np.mean([w[:shortest] for w in runs], axis=0)
+        epochs = np.arange(1, shortest + 1)
+        for c in range(len(names)):
+            axis.plot(epochs, mean[:, c], color=class_colors[c], label=names[c], linewidth=1.2)
+        if variant in loss_weights:
+            axis.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+            axis.set(title=f"{variant}: class loss weights ω", xlabel="epoch", ylabel="loss weight")
+        else:
+            axis.axhline(1 / len(names), color="black", linestyle="--", linewidth=0.8)
+            axis.set(title=f"{variant}: class weights p", xlabel="epoch", ylabel="sampling weight")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(names) <= MAX_LABELLED_CLASSES:
+        axes[0, len(weighted) - 1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    if show_compare:
+        sub = Store(store.name, compare)
+        data = _per_class_long(sub, [attack], with_teacher=False)
+        colors = {k: v for k, v in palette(store).items() if k in set(data["who"])}
+        axis = axes[0, -1]
+        sns.barplot(data, x="class", y="accuracy", hue="who", palette=colors, hue_order=list(colors), errorbar="sd",
+                    ax=axis)
+        axis.set(title=f"equal vs reweighted: {ATTACK_TITLES[attack]}", xlabel="", ylabel="accuracy (%)")
+        axis.tick_params(axis="x", rotation=30)
+        sns.move_legend(axis, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=7)
+    figure.tight_layout()
+    return _save(figure, options, "weights")
+
+
+def _axis_name(store: Store, param: str) -> str:
+    candidates = [param] if "." in param else [f"params.{param}", f"schedule.{param}", f"threat.{param}"]
+    for candidate in candidates:
+        if any(candidate in run.axes for run in store.runs):
+            return candidate
+    raise HarnessError(f"--param: '{param}' does not vary in {store.name} (it varies: "
+                       f"{', '.join(sorted({a for r in store.runs for a in r.axes})) or 'nothing'})")
+
+
+def gamma(store: Store, options: PlotOptions) -> list[Path]:
+    """Fig. 5: Avg and Worst accuracy against γ (or ``--param``), a line per attack and method."""
+    axis_name = _axis_name(store, options.param)
+    attacks = _attacks(store, options, ("clean", "pgd20"))
+    rows = []
+    for run in store.finished():
+        if axis_name not in run.axes:
+            continue
+        for attack in attacks:
+            result = run.metrics["attacks"].get(attack)
+            if result:
+                rows += [{"x": run.axes[axis_name], "method": run.label(without=(axis_name,)),
+                          "attack": ATTACK_TITLES[attack],
+                          "metric": metric, "accuracy": result[key]}
+                         for metric, key in (("Avg", "avg"), ("Worst", "worst"))]
+    data = pd.DataFrame(rows)
+    if data.empty:
+        raise HarnessError(f"{store.name}: no finished run varies {axis_name}")
+    if not pd.api.types.is_numeric_dtype(data["x"]):
+        data["x"] = data["x"].map(value_text)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
+    colors = palette(store)
+    lines = list(dict.fromkeys(data["method"]))
+    for axis, metric in zip(axes[0], ("Avg", "Worst")):
+        panel = data[data["metric"] == metric]
+        sns.lineplot(panel, x="x", y="accuracy", hue="method", style="attack", markers=True, errorbar="sd",
+                     palette={line: colors.get(line, FAMILY_COLORS["ferd"]) for line in lines}, ax=axis,
+                     legend=metric == "Worst")
+        axis.set(title=metric, xlabel=axis_name.rsplit(".", 1)[-1].replace("gamma", "γ"), ylabel="accuracy (%)")
+        axis.grid(alpha=0.3)
+    sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=7)
+    figure.suptitle(f"{store.name}: accuracy against {axis_name.rsplit('.', 1)[-1]}")
+    figure.tight_layout()
+    return _save(figure, options, options.param.rsplit(".", 1)[-1] if options.param != "gamma" else "gamma")
+
+
+PROBES = {"probe_clean": ("Clean", "Avg"), "probe_pgd20": ("PGD-20", "Avg"),
+          "probe_clean_worst": ("Clean", "Worst"), "probe_pgd20_worst": ("PGD-20", "Worst")}
+
+
+def epochs(store: Store, options: PlotOptions) -> list[Path]:
+    """Fig. 8: the held-out probes (stratified training-split subset) against the epoch."""
+    rows = []
+    for run in store.runs:
+        for line in run.history:
+            rows += [{"epoch": line["epoch"], "variant": run.variant, "seed": run.seed, "attack": attack,
+                      "metric": metric, "accuracy": line[key]}
+                     for key, (attack, metric) in PROBES.items() if line.get(key) is not None]
+    data = pd.DataFrame(rows)
+    if data.empty:
+        raise HarnessError(f"{store.name}: no probe in any history.jsonl yet (schedule.history_every)")
+    colors = {k: v for k, v in palette(store).items() if k in set(data["variant"])}
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
+    for axis, metric in zip(axes[0], ("Avg", "Worst")):
+        sns.lineplot(data[data["metric"] == metric], x="epoch", y="accuracy", hue="variant", style="attack",
+                     palette=colors, hue_order=list(colors), markers=True, errorbar="sd", ax=axis,
+                     legend=metric == "Worst")
+        axis.set(title=f"{metric} (held-out probe)", ylabel="accuracy (%)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=7)
+    figure.suptitle(f"{store.name}: accuracy during training")
+    figure.tight_layout()
+    return _save(figure, options, "epochs")
+
+
+def _gallery(run: Run) -> dict[str, np.ndarray] | None:
+    """``synthetic.npz`` of a run; for runs made before it existed, rebuilt once from the last
+    checkpoint's pool (labelled by the teacher, nothing trained) and saved beside it."""
+    path = run.run_dir / "synthetic.npz"
+    if not path.exists():
+        if not (run.run_dir / "checkpoints" / "last.pt").exists():
+            return None
+        from harness.backbone.trainer import Trainer
+        from harness.config import RunSpec
+
+        print(f"{run.run_dir}: no synthetic.npz; rebuilding it from checkpoints/last.pt", file=sys.stderr)
+        trainer = Trainer(RunSpec.from_dict(run.config, str(run.run_dir / "config.json")), run.run_dir, "cpu", False)
+        trainer.load_checkpoint()
+        trainer.write_gallery()
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _mosaic(images: np.ndarray, labels: np.ndarray, classes: list[int], per_row: int) -> np.ndarray:
+    """Rows = ``classes``, ``per_row`` images each (blank where the teacher gave fewer), as H×W×C."""
+    _, channels, height, width = images.shape
+    canvas = np.ones((len(classes) * (height + 2), per_row * (width + 2), channels), dtype=np.float32)
+    for r, c in enumerate(classes):
+        for k, image in enumerate(images[labels == c][:per_row]):
+            canvas[r * (height + 2) + 1: r * (height + 2) + 1 + height,
+                   k * (width + 2) + 1: k * (width + 2) + 1 + width] = image.transpose(1, 2, 0) / 255
+    return canvas
+
+
+def samples(store: Store, options: PlotOptions) -> list[Path]:
+    """Figs. 6–7: synthetic images of each method (first seed), a row per class the teacher assigns."""
+    names = store.class_names()
+    galleries: dict[str, dict[str, np.ndarray]] = {}
+    for run in store.finished():
+        if run.variant not in galleries:
+            gallery = _gallery(run)
+            if gallery is not None:
+                galleries[run.variant] = gallery
+    if not galleries:
+        raise HarnessError(f"{store.name}: no run has synthetic.npz or a checkpoint to rebuild it from")
+    per_row = max(int(np.bincount(g["teacher_labels"], minlength=len(names)).max()) for g in galleries.values())
+    per_row = max(per_row, 1)
+    columns = min(4, len(galleries))
+    rows = math.ceil(len(galleries) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(0.45 * per_row * columns + 1.6 * columns,
+                                                        0.5 * min(len(names), GALLERY_CLASSES) * rows + 0.6),
+                                squeeze=False)
+    for axis, (variant, gallery) in zip(axes.flat, galleries.items()):
+        counts = np.bincount(gallery["teacher_labels"], minlength=len(names))
+        classes = list(range(len(names))) if len(names) <= GALLERY_CLASSES else \
+            sorted(np.argsort(-counts, kind="stable")[:GALLERY_CLASSES].tolist())
+        canvas = _mosaic(gallery["images"], gallery["teacher_labels"], classes, per_row)
+        axis.imshow(canvas.squeeze(-1) if canvas.shape[-1] == 1 else canvas, cmap="gray", vmin=0, vmax=1,
+                    interpolation="nearest")
+        height = gallery["images"].shape[2] + 2
+        axis.set_yticks([height * (r + 0.5) for r in range(len(classes))], [names[c] for c in classes], fontsize=7)
+        axis.set_xticks([])
+        share = 100 * gallery["draw_histogram"] / max(1, gallery["draw_histogram"].sum())
+        axis.set_title(f"{variant}\nclass shares of the pool {share.min():.0f}–{share.max():.0f} %", fontsize=8)
+    for axis in list(axes.flat)[len(galleries):]:
+        axis.set_visible(False)
+    figure.suptitle(f"{store.name}: synthetic images by teacher class")
+    figure.tight_layout()
+    return _save(figure, options, "samples", dpi=100)  # the images are tiny: more pixels add nothing
+
+
+KINDS: dict[str, Figure] = {"per-class": per_class, "confusion": confusion, "weights": weights, "gamma": gamma,
+                            "epochs": epochs, "samples": samples}
+
+
+def plot(kind: str, store: Store, options: PlotOptions) -> list[Path]:
+    """Draw ``kind`` (see :data:`KINDS`); returns the files written."""
+    if kind not in KINDS:
+        raise HarnessError(f"plot: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
+    return KINDS[kind](store, options)

@@ -1,0 +1,213 @@
+"""Tables and figures from a fixture store with known numbers (``harness.report``, ``table``/``plot``)."""
+
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from harness.report.collect import open_store
+from harness.report.plots import KINDS, PlotOptions, plot
+from harness.report.tables import build_table, choose_layout, render
+from tests.e2e import ROOT
+from tests.report_fixture import metrics_of, sweep_store, write_run
+
+@pytest.fixture
+def main_store(tmp_path):
+    """Two students; noise, cmi (seed 1 failed), ferd with two seeds (mean ± std)."""
+    results = tmp_path / "results"
+    for student in ("resnet8", "mobilenetv2"):
+        bump = 0.0 if student == "resnet8" else 5.0
+        write_run(results, "noise", 0, {"clean": (10.0, 0.0, 3.0), "pgd20": (10.0, 0.0, 3.0)}, student=student)
+        write_run(results, "cmi", 0, {"clean": (70.0 + bump, 40.0, 0.30), "pgd20": (40.0, 10.0, 0.60)}, student=student)
+        write_run(results, "cmi", 1, student=student, state="failed")
+        write_run(results, "ferd", 0, {"clean": (60.0, 30.0, 0.40), "pgd20": (44.0, 20.0, 0.50)}, student=student)
+        write_run(results, "ferd", 1, {"clean": (62.0, 34.0, 0.20), "pgd20": (46.0, 22.0, 0.70)}, student=student)
+    return results
+
+
+def cells_of(markdown: str, label: str) -> list[str]:
+    """The cells of the Markdown row whose Method column is ``label`` (student resnet8)."""
+    for line in markdown.splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if len(parts) > 2 and parts[0] == "resnet8" and parts[1] == label:
+            return parts
+    raise AssertionError(f"no row {label!r} in\n{markdown}")
+
+
+def test_main_table_values_ranks_std_and_missing_marks_in_markdown(main_store):
+    store = open_store("fix", main_store)
+    assert choose_layout(store) == "main"
+    table = build_table(store)
+    assert [(a, m) for a, m in table.columns] == [(a, m) for a in ("clean", "pgd20") for m in ("avg", "worst", "nsd")]
+    text = render(table, "md")
+    header = next(line for line in text.splitlines() if line.startswith("| Student"))
+    assert "Clean Avg ↑" in header and "PGD-20 NSD ↓" in header and "| n " in header
+    noise, cmi, ferd = cells_of(text, "noise"), cells_of(text, "cmi †"), cells_of(text, "ferd")
+    # columns: student, method, n, clean avg/worst/nsd, pgd20 avg/worst/nsd
+    assert ferd[2] == "2" and cmi[2] == "1/2"
+    assert ferd[3] == "<u>61.00 ± 1.41</u>"  # mean of 60, 62; sample std √2; second after cmi's 70
+    assert cmi[3] == "**70.00**" and noise[3] == "10.00"
+    assert cmi[4] == "**40.00**" and ferd[4] == "<u>32.00 ± 2.83</u>"
+    # NSD: lower is better — ferd's 0.300 ± 0.141 ties cmi's 0.300 as displayed: both bold; noise last
+    assert ferd[5] == "**0.300 ± 0.141**" and cmi[5] == "**0.300**" and noise[5] == "<u>3.000</u>"
+    assert ferd[6] == "**45.00 ± 1.41**" and cmi[6] == "<u>40.00</u>"
+    assert ferd[8] == "**0.600 ± 0.141**" and cmi[8] == "**0.600**"
+    assert "† resnet8 / cmi: 1 of 2 runs finished (1 failed)" in text
+    # ranks are per student block: mobilenetv2's cmi (75) is best in its own block too
+    mobile = [line for line in text.splitlines() if line.startswith("| mobilenetv2") and "| cmi" in line][0]
+    assert "**75.00**" in mobile
+
+
+def test_main_table_in_latex_and_csv(main_store):
+    table = build_table(open_store("fix", main_store))
+    tex = render(table, "tex")
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "\\multicolumn{3}{c}{Clean}" in tex and "NSD $\\downarrow$" in tex
+    row = next(line for line in tex.splitlines() if line.startswith("resnet8 & ferd &"))
+    assert "\\underline{61.00 $\\pm$ 1.41}" in row and "\\textbf{45.00 $\\pm$ 1.41}" in row
+    assert "cmi $^\\dagger$" in tex and "1 of 2 runs finished (1 failed)" in tex
+    csv = pd.read_csv(io.StringIO(render(table, "csv")))
+    ferd = csv[(csv["Student"] == "resnet8") & (csv["Method"] == "ferd")].set_index(["attack", "metric"])
+    assert ferd.loc[("clean", "avg"), "mean"] == 61 and ferd.loc[("clean", "avg"), "rank"] == 2
+    assert ferd.loc[("clean", "avg"), "std"] == pytest.approx(math.sqrt(2), abs=1e-5)
+    assert ferd.loc[("pgd20", "avg"), "rank"] == 1 and ferd.loc[("pgd20", "avg"), "n"] == 2
+    cmi = csv[(csv["Student"] == "resnet8") & (csv["Method"] == "cmi")]
+    assert set(cmi["runs_finished"]) == {1} and set(cmi["runs_expected"]) == {2}
+
+
+def test_metric_choice_cost_columns_and_worst10_for_many_classes(main_store, tmp_path):
+    table = build_table(open_store("fix", main_store), metric="worst", attacks=["pgd20"], cost=True)
+    assert table.columns == [("pgd20", "worst")]
+    text = render(table, "md")
+    assert "PGD-20 Worst ↑" in text and "Avg" not in text and "Cost min" in text
+    assert cells_of(text, "ferd")[-2:] == ["3.0", "1.5k"]  # mean of 2 and 4 minutes; 1,500 teacher images
+    results = tmp_path / "many"
+    folder = write_run(results, "cmi", 0, {"clean": (50.0, 0.0, 0.5)})
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["attacks"]["clean"]["per_class"] = [50.0] * 100
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    wide = build_table(open_store("fix", results))
+    assert [m for _, m in wide.columns] == ["avg", "worst10", "nsd"] and "Worst-10%" in render(wide, "md")
+
+
+def test_yaml_source_marks_cells_that_never_ran(tmp_path):
+    (tmp_path / "exp.yaml").write_text("""
+name: grid
+base:
+  dataset: synthetic
+  student: resnet8
+  teacher: {arch: cnn5, checkpoint: t.pt}
+grid:
+  method: [noise, toy]
+  seed: [0, 1]
+""")
+    from harness.config import load_experiment
+
+    experiment = load_experiment(tmp_path / "exp.yaml")
+    results = tmp_path / "results"
+    for spec in experiment.cells[:3]:  # noise 0, noise 1, toy 0 finished; toy 1 never ran
+        folder = results / spec.relative_dir()
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(spec.to_dict()))
+        (folder / "status.json").write_text(json.dumps({"state": "done"}))
+        (folder / "metrics.json").write_text(json.dumps(metrics_of({"clean": (50.0 + spec.settings.seed, 1, 0.5)})))
+    text = render(build_table(open_store(tmp_path / "exp.yaml", results)), "md")
+    assert cells_of(text, "toy †")[2:4] == ["1/2", "<u>50.00</u>"]
+    assert "† resnet8 / toy: 1 of 2 runs finished (1 pending)" in text
+    assert cells_of(text, "noise")[3] == "**50.50 ± 0.71**"
+
+
+def test_ablation_reweighting_lambda_layer_and_gamma_layouts(tmp_path):
+    results = tmp_path / "results"
+    scores = {"clean": (60.0, 30.0, 0.3), "pgd20": (40.0, 10.0, 0.6)}
+    for i, method in enumerate(("ferd", "ferd-no-reweight", "ferd-no-fae", "ferd-no-utae", "ferd-no-fae-utae")):
+        write_run(results, method, 0, {"clean": (60.0 - i, 30.0, 0.3), "pgd20": (40.0 - i, 10.0 + i, 0.6)},
+                  plugin="ferd", experiment="abl")
+    ablation = build_table(open_store("abl", results))
+    assert ablation.layout == "ablation" and ablation.columns == [(a, m) for a in ("clean", "pgd20")
+                                                                  for m in ("avg", "worst")]
+    text = render(ablation, "md")
+    assert cells_of(text, "FERD")[2] == "**60.00**" and cells_of(text, "w/o FAEs & UTAEs")[5] == "**14.00**"
+    assert cells_of(text, "w/o reweighting")[2] == "<u>59.00</u>"
+
+    sweeps = {"rew": ("reweight", ["softmax", "power", "none"], "reweighting", "LPS power"),
+              "lam": ("lambda_uni", [0.0, 5.0], "lambdas", "λ_uni"),
+              "lay": ("layer", ["block3", "block4"], "layer", "block4"),
+              "gam": ("gamma", [0.0, 0.5, 0.9], "gamma", "γ")}
+    for experiment, (name, values, layout, shown) in sweeps.items():
+        for i, value in enumerate(values):
+            for seed in (0, 1):  # clean Avg 60.5 + i ± 0.71: the last value best, the one before second
+                write_run(results, "ferd", seed, {"clean": (60.0 + i + seed, 30.0, 0.3), "pgd20": (40.0, 10.0, 0.6)},
+                          params={name: value, "tau": 1.0}, experiment=experiment)
+        write_run(results, "cmi", 0, scores, experiment=experiment)  # not part of a sweep table
+        table = build_table(open_store(experiment, results))
+        assert table.layout == layout and len(table.rows) == len(values)
+        best, second = f"{60.5 + len(values) - 1:.2f} ± 0.71", f"{60.5 + len(values) - 2:.2f} ± 0.71"
+        text = render(table, "md")
+        assert shown in text and "cmi" not in text
+        assert f"**{best}**" in text and f"<u>{second}</u>" in text
+        tex = render(table, "tex").replace("$\\pm$", "±")
+        assert f"\\textbf{{{best}}}" in tex and f"\\underline{{{second}}}" in tex
+        csv = pd.read_csv(io.StringIO(render(table, "csv")))
+        clean = csv[(csv["attack"] == "clean") & (csv["metric"] == "avg")]
+        assert sorted(clean["mean"]) == [60.5 + i for i in range(len(values))]
+        ranked = clean.sort_values("mean")  # rows may be in the store's reading order, not the fixture's
+        assert list(ranked["rank"])[-2:] == [2, 1] and set(clean["n"]) == {2}
+    gamma = render(build_table(open_store("gam", results)), "tex")
+    assert "$\\gamma$" in gamma and "ferd & 0.9" in gamma
+
+
+def test_dfkd_vs_dfrd_shows_the_change_in_parentheses(tmp_path):
+    results = tmp_path / "results"
+    for method, clean, robust in (("cmi", 80.0, 60.0), ("ferd", 78.0, 64.5)):
+        write_run(results, method, 0, {"clean": (clean, 50.0, 0.2), "pgd20": (2.0, 0.0, 1.5)}, adversarial=False)
+        write_run(results, method, 0, {"clean": (robust, 30.0, 0.4), "pgd20": (40.0, 12.0, 0.5)})
+    table = build_table(open_store("fix", results))
+    assert table.layout == "dfkd-vs-dfrd"
+    assert [row.labels[-2:] for row in table.rows] == [("cmi", "DFKD"), ("cmi", "DFRD"),
+                                                       ("ferd", "DFKD"), ("ferd", "DFRD")]
+    text = render(table, "md")
+    dfrd = next(line for line in text.splitlines() if "| ferd" in line and "DFRD" in line)
+    assert "64.50 (-13.50)" in dfrd and "40.00 (+38.00)" in dfrd
+    assert "**64.50 (-13.50)**" in dfrd  # ranked among the DFRD rows only
+
+
+def test_plot_kinds_render_pngs_from_the_fixture_store(tmp_path):
+    store = open_store("fixture", sweep_store(tmp_path / "results"))
+    options = PlotOptions(tmp_path / "out", formats=("png",))
+    for kind in KINDS:
+        paths = plot(kind, store, options)
+        assert paths, kind
+        for path in paths:
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000, path
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["per-class.png", "confusion-clean.png", "confusion-pgd20.png", "weights.png", "gamma.png", "epochs.png",
+         "samples.png"])
+
+
+def harness(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+
+
+def test_table_and_plot_commands(main_store, tmp_path):
+    done = harness("table", "--format", "tex", "--out", "t.tex", cwd=tmp_path)  # the store's only experiment
+    assert done.returncode == 0 and "\\textbf{" in (tmp_path / "t.tex").read_text()
+    shown = harness("table", "fix", "--metric", "nsd", cwd=tmp_path)
+    assert shown.returncode == 0 and re.search(r"Clean NSD ↓ \| +PGD-20 NSD ↓", shown.stdout)
+    for bad, message in ((("table", "nope"), "nope: no experiment file of that name"),
+                         (("table", "fix", "--out", "t.xlsx"), "--out: cannot tell the format"),
+                         (("table", "fix", "--attacks", "pgd50"), "--attacks: unknown attack 'pgd50'"),
+                         (("table", "fix", "--layout", "gamma"), "layout 'gamma' needs runs that vary params.gamma"),
+                         (("plot", "weights", "fix"), "no run logged class weights"),
+                         (("table", "../etc"), "not an experiment file or name")):
+        result = harness(*bad, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    drawn = harness("plot", "per-class", "fix", "--formats", "png", cwd=tmp_path)
+    assert drawn.returncode == 0 and (tmp_path / "reports" / "fix" / "per-class.png").exists()
