@@ -270,7 +270,8 @@ class DFHL(Method):
         return self.pool.sample(batch_size, generator, self.ctx.device)
 
     # ------------------------------------------------------------------ student steps
-    def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
         """HEEs: entropy ascent on the student from a strong augmentation of ``x`` (no ε projection)."""
         p = self.params
         start = strong_augment(x, generator, crop_min=p.crop_min, rotation=p.rotation, noise=p.noise,

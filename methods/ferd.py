@@ -517,7 +517,8 @@ class FERD(Method):
     def _utae_model(self) -> nn.Module:
         return self.ctx.teacher if self.params.utae_model == "teacher" else self.ctx.student
 
-    def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
         """UTAEs (Eq. 10); also tallies the classes M predicts for the UTAEs it misclassifies."""
         ctx, model = self.ctx, self._utae_model()
         x_u = utae(model, x, teacher_logits, epsilon=ctx.epsilon, step_size=ctx.step_size, steps=ctx.attack_steps,

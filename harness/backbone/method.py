@@ -8,7 +8,8 @@ hooks the shared trainer calls each epoch (DESIGN.md, "The method contract"):
 - ``synthesize(epoch)``: the generation stage of one epoch (update generator/images, fill the pool);
 - ``sample(batch_size, generator)``: clean synthetic images (and labels when the method has them);
 - ``gallery(n, generator)``: images for the samples figure (default: the pool, else ``sample``);
-- ``adversarial(x, teacher_logits, generator)``: adversarial examples for the distillation step;
+- ``adversarial(x, teacher_logits, generator, labels)``: adversarial examples for the distillation
+  step (``labels`` as returned by ``sample``, or None);
 - ``student_loss(x, x_adv, teacher_logits, labels)``: the distillation loss;
 - ``end_of_epoch(epoch)``: e.g. FERD's class reweighting;
 - ``state_dict()`` / ``load_state_dict(state)``: what a checkpoint must keep (weights_only-safe).
@@ -74,7 +75,7 @@ class Method:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     Params: ClassVar[type] = NoParams
-    needs_train_data: ClassVar[bool] = False
+    needs_train_data: ClassVar[bool] = False  # data-based references (Fair-ARD): ``ctx.train_data`` is set
 
     def __init__(self, params: Any, context: MethodContext) -> None:
         self.params = params
@@ -101,7 +102,8 @@ class Method:
             return pool.draw(n, generator)
         return self.sample(n, generator)[0].cpu()
 
-    def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial examples for the distillation step (default: KL-PGD on the student)."""
         return kl_pgd(self.ctx.student, x, teacher_logits, epsilon=self.ctx.epsilon, step_size=self.ctx.step_size,
                       steps=self.ctx.attack_steps, generator=generator)

@@ -165,7 +165,7 @@ class Trainer:
                 teacher_logits = self.teacher(x)
             if self.schedule.adversarial:
                 with self.cost.stage("adversarial"):
-                    x_adv = self.method.adversarial(x, teacher_logits, generator)
+                    x_adv = self.method.adversarial(x, teacher_logits, generator, labels)
             else:  # DFKD: the method's loss sees the clean batch in place of its adversarial one
                 x_adv = x
             with self.cost.stage("student"):
