@@ -241,7 +241,40 @@ def run(args: argparse.Namespace) -> int:
         parts.append(f"{outcome['failed earlier']} failed earlier (--mode retry reruns them)")
     parts.append(f"{outcome['skipped']} skipped (already finished)")
     print(f"{experiment.name}: " + ", ".join(parts))
+    if experiment.report:
+        unfinished = len(experiment.cells) - outcome["done"] - outcome["skipped"]
+        if unfinished:
+            print(f"report: not written, {unfinished} of {len(experiment.cells)} cells are not finished",
+                  file=sys.stderr)
+        else:
+            for path in _write_reports(experiment, results):
+                print(f"wrote {path}")
     return 1 if outcome["failed"] or outcome["interrupted"] else 0
+
+
+def _write_reports(experiment, results) -> list:
+    """The outputs of the experiment's ``report:`` list, under reports/<name>/ (tables as md and csv,
+    figures as PNG)."""
+    from pathlib import Path
+
+    from harness.report.collect import open_store
+    from harness.report.plots import PlotOptions
+    from harness.report.plots import plot as draw
+    from harness.report.tables import build_table, render
+    from harness.store import atomic_write_bytes
+
+    store = open_store(str(experiment.path), results)
+    out = Path("reports") / experiment.name
+    paths = []
+    for output in experiment.report:
+        if output == "table":
+            table = build_table(store)
+            for fmt in ("md", "csv"):
+                paths.append(out / f"table.{fmt}")
+                atomic_write_bytes(paths[-1], render(table, fmt).encode())
+        else:
+            paths += draw(output, store, PlotOptions(out, formats=("png",)))
+    return paths
 
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:

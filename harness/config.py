@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import itertools
 import json
 import re
@@ -36,10 +37,13 @@ from harness.data import get_dataset
 from harness.errors import HarnessError
 from harness.models import MODELS
 from harness.registry import RegistryError, suggest
-from harness.schema import SchemaError, build, param, to_plain
+from harness.schema import SchemaError, as_float, build, param, to_plain
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-TOP_LEVEL_KEYS = ("name", "description", "include", "base", "methods", "grid", "exclude", "executor")
+TOP_LEVEL_KEYS = ("name", "description", "include", "base", "methods", "grid", "exclude", "executor", "report")
+# What ``report:`` may ask ``run`` to write once every cell is done: the table, and figure kinds
+# (harness.report.plots.KINDS, kept here so that validating a file does not import matplotlib).
+REPORT_OUTPUTS = ("table", "per-class", "confusion", "weights", "gamma", "epochs", "samples")
 ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
 
 
@@ -227,6 +231,7 @@ class Experiment:
     path: Path
     cells: list[RunSpec]
     executor: ExecutorSettings = ExecutorSettings()
+    report: tuple[str, ...] = ()  # outputs ``run`` writes to reports/<name>/ when the grid is done
 
 
 # --------------------------------------------------------------------------- loading YAML
@@ -351,8 +356,18 @@ class _Resolver:
             self.executor = build(ExecutorSettings, data.get("executor") or {})
         except SchemaError as error:
             self.fail(f"executor.{error.path}" if error.path else "executor", error.message)
+        self.report = self._report(data.get("report") or [])
         load_plugins()
         self._check_sections()
+
+    def _report(self, outputs: Any) -> tuple[str, ...]:
+        if not isinstance(outputs, list):
+            self.fail("report", f"expected a list of outputs ({', '.join(REPORT_OUTPUTS)})")
+        for index, output in enumerate(outputs):
+            if output not in REPORT_OUTPUTS:
+                self.fail(f"report[{index}]", f"unknown output {output!r}{suggest(str(output), REPORT_OUTPUTS)}; "
+                          f"choose from {', '.join(REPORT_OUTPUTS)}")
+        return tuple(dict.fromkeys(outputs))
 
     def fail(self, dotted: str, message: str) -> None:
         raise ConfigError(f"{self.doc.file_of(dotted, self.top)}: {dotted}: {message}")
@@ -455,6 +470,9 @@ class _Resolver:
             except RegistryError as error:
                 self.fail(self._label(path, chosen), str(error))
         entry = METHODS.get(settings.method)
+        if entry.plugin.needs_train_data and not get_dataset(settings.dataset).has_train:
+            self.fail(self._label("method", chosen), f"'{entry.name}' distils with the training set and dataset "
+                      f"'{settings.dataset}' has no train split")
         canonical = {"method": entry.name, "dataset": get_dataset(settings.dataset).name,
                      "student": MODELS.canonical(settings.student),
                      "teacher": replace(settings.teacher, arch=MODELS.canonical(settings.teacher.arch))}
@@ -476,7 +494,7 @@ class _Resolver:
         flat = _flatten(to_plain(spec.settings))
         for prefix in {spec.entry.plugin_name, spec.method}:
             flat.update(_flatten(to_plain(spec.params), prefix))
-        return any(all(flat.get(key) in values for key, values in rule.items()) for rule in self.exclude)
+        return any(all(_matches(flat.get(key), values) for key, values in rule.items()) for rule in self.exclude)
 
     def cells(self) -> list[RunSpec]:
         keys = list(self.grid)
@@ -487,6 +505,20 @@ class _Resolver:
             if spec.relative_dir() not in seen and not self.excluded(spec):
                 seen[spec.relative_dir()] = spec
         return list(seen.values())
+
+
+def _matches(value: Any, candidates: list[Any]) -> bool:
+    """Whether a cell's resolved ``value`` is among an exclude rule's ``candidates``; numbers compare
+    as numbers, so ``5/6`` or ``1e-3`` written in an exclude match the float of the cell."""
+    if isinstance(value, float):
+        numbers = []
+        for candidate in candidates:
+            try:
+                numbers.append(as_float(candidate, "exclude"))
+            except SchemaError:
+                continue
+        return any(math.isclose(value, number, rel_tol=1e-12, abs_tol=0) for number in numbers)
+    return value in candidates
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -501,4 +533,4 @@ def load_experiment(path: str | Path) -> Experiment:
     cells = resolver.cells()
     if not cells:
         raise ConfigError(f"{path}: exclude: every cell of the grid is excluded")
-    return Experiment(resolver.name, path, cells, resolver.executor)
+    return Experiment(resolver.name, path, cells, resolver.executor, resolver.report)

@@ -52,7 +52,7 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _as_float(value: Any, path: str) -> float:
+def as_float(value: Any, path: str) -> float:
     """Numbers, numeric strings (YAML reads ``5e-4`` as a string) and fractions ``8/255``."""
     if isinstance(value, bool):
         raise SchemaError(path, f"expected a number, got {_describe(value)}")
@@ -110,7 +110,7 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
             raise SchemaError(path, f"expected an integer, got {_describe(value)}")
         return int(value)
     if hint is float:
-        return _as_float(value, path)
+        return as_float(value, path)
     if hint is str:
         if not isinstance(value, str):
             raise SchemaError(path, f"expected a string, got {_describe(value)}")

@@ -126,6 +126,19 @@ exclude:
     assert {c.settings.schedule.batch_size for c in experiment.cells} == {8}
 
 
+def test_exclude_compares_numbers_as_numbers(tmp_path):
+    experiment = load(tmp_path, BASE + """grid:
+  method: [toy]
+  toy.gamma: [1/6, 0.5, 5/6]
+  seed: [0, 1]
+exclude:
+  - {toy.gamma: [5/6, "1e-0"], seed: 1}
+  - {toy.gamma: 0.50, seed: [0]}
+""")
+    cells = {(round(c.params.gamma, 4), c.settings.seed) for c in experiment.cells}
+    assert cells == {(0.1667, 0), (0.1667, 1), (0.5, 1), (0.8333, 0)}
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -154,6 +167,8 @@ exclude:
         (BASE + "  method: toy\n  threat: {epsilon: 0.01, step_size: 0.1}\n", "base.threat.step_size: must be <= epsilon"),
         ("base: [1, 2]\n", "base: expected a mapping"),
         ("- just\n- a list\n", "the top level must be a mapping"),
+        (BASE + "  method: toy\nreport: [table, per-clas]\n", "report[1]: unknown output 'per-clas' (did you mean 'per-class'?)"),
+        (BASE + "  method: toy\nreport: table\n", "report: expected a list of outputs"),
     ],
 )
 def test_bad_input_names_file_and_key(tmp_path, text, expected):

@@ -211,3 +211,34 @@ def test_table_and_plot_commands(main_store, tmp_path):
         assert len(result.stderr.splitlines()) == 1, result.stderr
     drawn = harness("plot", "per-class", "fix", "--formats", "png", cwd=tmp_path)
     assert drawn.returncode == 0 and (tmp_path / "reports" / "fix" / "per-class.png").exists()
+
+
+def test_report_outputs_match_the_figure_kinds():
+    from harness.config import REPORT_OUTPUTS
+
+    assert set(REPORT_OUTPUTS) == {"table", *KINDS}
+
+
+def test_run_writes_the_experiments_report_when_every_cell_is_done(tmp_path, teacher_checkpoint):
+    from tests.e2e import run_experiment, write_experiment
+
+    write_experiment(tmp_path, f"""
+name: demo
+base:
+  dataset: synthetic
+  student: resnet8
+  teacher: {{arch: cnn5, checkpoint: {teacher_checkpoint}}}
+  schedule: {{epochs: 1, warmup_epochs: 0, generator_steps: 1, student_steps: 1, batch_size: 8, probe_n: 20}}
+  threat: {{train_steps: 1}}
+  eval: {{attacks: [clean, fgsm], n_eval: 20}}
+grid:
+  method: [noise, ard]
+report: [table, per-class, confusion]
+""")
+    out = run_experiment(tmp_path)
+    reports = tmp_path / "reports" / "demo"
+    expected = ["table.md", "table.csv", "per-class.png", "confusion-clean.png", "confusion-fgsm.png"]
+    assert sorted(p.name for p in reports.iterdir()) == sorted(expected)
+    assert all(f"wrote reports/demo/{name}" in out for name in expected)
+    table = (reports / "table.md").read_text()
+    assert "| noise" in table and "| ard" in table and "FGSM" in table

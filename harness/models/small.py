@@ -1,6 +1,6 @@
 """Small CPU architectures for the offline Fashion-MNIST benchmark (1x28x28, 10 classes).
 
-All three downsample twice (28 -> 14 -> 7), and their ``block_layers`` sit at strides
+All four downsample twice (28 -> 14 -> 7), and their ``block_layers`` sit at strides
 1, 2 and 4, so attention maps of teacher and students have matching sizes. Adaptive
 pooling makes every other image size work too, so the builders ignore ``image_size``.
 """
@@ -25,18 +25,16 @@ MOBILENETV2_TINY_CONFIG = (
 )
 
 
-class CNN5(Classifier):
-    """Five conv3x3-BN-ReLU blocks (widths 32, 64, 64, 128, 128; stride 2 in blocks 2 and 4)."""
+class PlainCNN(Classifier):
+    """conv3x3-BN-ReLU blocks ``block1..blockN`` of the given widths and strides, then pool + fc."""
 
-    stages = ("block1", "block2", "block3", "block4", "block5")
-    feature_layers = stages
-    block_layers = ("block1", "block3", "block5")
-    default_feature_layer = "block5"
-
-    def __init__(self, in_channels: int, num_classes: int, **kwargs) -> None:
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...], strides: tuple[int, ...],
+                 block_layers: tuple[str, ...], **kwargs) -> None:
         super().__init__(**kwargs)
-        widths = (32, 64, 64, 128, 128)
-        strides = (1, 2, 1, 2, 1)
+        self.stages = tuple(f"block{i + 1}" for i in range(len(widths)))
+        self.feature_layers = self.stages
+        self.block_layers = block_layers
+        self.default_feature_layer = self.stages[-1]
         in_planes = in_channels
         for name, width, stride in zip(self.stages, widths, strides, strict=True):
             setattr(self, name, conv_bn_relu(in_planes, width, 3, stride))
@@ -50,8 +48,17 @@ class CNN5(Classifier):
 
 @register_model("cnn5")
 def cnn5(in_channels: int, num_classes: int, image_size: int, **kwargs) -> Classifier:
-    """Plain 5-layer CNN teacher (about 279k parameters on 1x28x28, 10 classes)."""
-    return CNN5(in_channels, num_classes, **kwargs)
+    """Plain 5-layer CNN teacher: widths 32, 64, 64, 128, 128, stride 2 in blocks 2 and 4 (about 279k
+    parameters on 1x28x28, 10 classes)."""
+    return PlainCNN(in_channels, num_classes, (32, 64, 64, 128, 128), (1, 2, 1, 2, 1),
+                    ("block1", "block3", "block5"), **kwargs)
+
+
+@register_model("cnn3-tiny", aliases=("cnn3_tiny",))
+def cnn3_tiny(in_channels: int, num_classes: int, image_size: int, **kwargs) -> Classifier:
+    """The quickstart's student: 3 blocks of widths 8, 16, 32, stride 2 in blocks 2 and 3 (about 6k
+    parameters; roughly 5× the attack throughput of ResNet-8 on a CPU)."""
+    return PlainCNN(in_channels, num_classes, (8, 16, 32), (1, 2, 2), ("block1", "block2", "block3"), **kwargs)
 
 
 @register_model("resnet8")
