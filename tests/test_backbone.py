@@ -178,7 +178,7 @@ def test_dfkd_schedule_skips_the_adversarial_step(tmp_path, teacher_checkpoint):
     for cell, attacked in ((spec, True), (dfkd, False)):
         trainer = Trainer(cell, tmp_path, "cpu", progress=False)
         calls, seen = [], []
-        trainer.method.adversarial = lambda x, logits, generator: calls.append(1) or x + 0.01
+        trainer.method.adversarial = lambda x, logits, generator, labels: calls.append(1) or x + 0.01
         trainer.method.student_loss = lambda x, x_adv, logits, labels: (
             seen.append(torch.equal(x, x_adv)) or trainer.student(x).sum() * 0)
         trainer._student_steps(torch.Generator().manual_seed(0))
