@@ -1,19 +1,20 @@
 """Tables and figures from a fixture store with known numbers (``harness.report``, ``table``/``plot``)."""
 
+import contextlib
 import io
 import json
 import math
+import os
 import re
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
+from harness.cli import main
 from harness.report.collect import open_store
 from harness.report.plots import KINDS, PlotOptions, plot
 from harness.report.tables import build_table, choose_layout, render
-from tests.e2e import ROOT
 from tests.report_fixture import metrics_of, sweep_store, write_run
 
 @pytest.fixture
@@ -191,8 +192,15 @@ def test_plot_kinds_render_pngs_from_the_fixture_store(tmp_path):
 
 
 def harness(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+    """``python -m harness ARGS`` in ``cwd``, in this process (the CLI's own entry point and exit codes)."""
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_table_and_plot_commands(main_store, tmp_path):
