@@ -43,7 +43,7 @@ from harness.backbone.distill import kl_divergence
 from harness.backbone.method import Method, MethodContext, register_method
 from harness.data import augment_batch
 from harness.schema import param
-from methods.ferd import least_pgd_steps, lps_weights
+from methods.ferd import class_means, least_pgd_steps, lps_weights
 
 CLAMP_RANGE = (5 / 6, 5 / 2)  # the released code's bounds on the normalised weights
 RSLAD_WEIGHTS = (5 / 6, 1 / 6)  # adversarial, clean
@@ -132,12 +132,8 @@ class FairARD(Method):
         self.class_weights = torch.ones(c, dtype=torch.float64)
         self.lps = torch.full((c,), float(context.attack_steps), dtype=torch.float64)
         self._order, self._cursor = torch.arange(len(data)), 0  # synthesize() shuffles each epoch
-        self._reset_tally()
-
-    def _reset_tally(self) -> None:
-        c = self.ctx.info.num_classes
-        self._lps_sum = torch.zeros(c, dtype=torch.float64)
-        self._lps_count = torch.zeros(c, dtype=torch.float64)
+        self._epoch_lps: list[torch.Tensor] = []  # (LPS, label) of every attacked example this epoch
+        self._epoch_labels: list[torch.Tensor] = []
 
     def _batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.images is not None:
@@ -172,9 +168,8 @@ class FairARD(Method):
             raise ValueError("fair-ard attacks need the labels of the training batch")
         x_adv, lps = pgd_with_lps(ctx.student, x, labels, epsilon=ctx.epsilon, step_size=ctx.step_size,
                                   steps=ctx.attack_steps, generator=generator)
-        labels = labels.cpu()
-        self._lps_sum.index_add_(0, labels, lps.cpu().to(torch.float64))
-        self._lps_count.index_add_(0, labels, torch.ones(len(labels), dtype=torch.float64))
+        self._epoch_lps.append(lps.cpu())
+        self._epoch_labels.append(labels.cpu())
         return x_adv
 
     def student_loss(self, x: torch.Tensor, x_adv: torch.Tensor, teacher_logits: torch.Tensor,
@@ -191,13 +186,14 @@ class FairARD(Method):
 
     def end_of_epoch(self, epoch: int) -> dict[str, Any]:
         """κ_c of this epoch's attacks → ω for the next epoch (a class unseen keeps its κ)."""
-        seen = self._lps_count > 0
-        self.lps = torch.where(seen, self._lps_sum / self._lps_count.clamp(min=1), self.lps)
+        labels = torch.cat(self._epoch_labels) if self._epoch_labels else torch.zeros(0, dtype=torch.long)
+        lps = torch.cat(self._epoch_lps) if self._epoch_lps else torch.zeros(0)
+        self.lps = class_means(lps, labels, self.lps)
         if self.params.beta > 0:
             self.class_weights = class_weights_from_lps(self.lps, self.params.beta, self.ctx.attack_steps,
                                                         self.params.clamp)
-        counts = self._lps_count.tolist()
-        self._reset_tally()
+        counts = torch.bincount(labels, minlength=len(self.lps)).to(torch.float64).tolist()
+        self._epoch_lps, self._epoch_labels = [], []
         return {"class_weights": self.class_weights.tolist(), "class_lps": self.lps.tolist(),
                 "class_counts": counts}
 
