@@ -254,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_reports(experiment, results) -> list:
     """The outputs of the experiment's ``report:`` list, under reports/<name>/ (tables as md and csv,
-    figures as PNG)."""
+    figures as PNG; file names start with the YAML file's stem when it is a view of another
+    experiment's store)."""
     from pathlib import Path
 
     from harness.report.collect import open_store
@@ -270,10 +271,10 @@ def _write_reports(experiment, results) -> list:
         if output == "table":
             table = build_table(store)
             for fmt in ("md", "csv"):
-                paths.append(out / f"table.{fmt}")
+                paths.append(out / f"{store.file_prefix}table.{fmt}")
                 atomic_write_bytes(paths[-1], render(table, fmt).encode())
         else:
-            paths += draw(output, store, PlotOptions(out, formats=("png",)))
+            paths += draw(output, store, PlotOptions(out, formats=("png",), prefix=store.file_prefix))
     return paths
 
 
@@ -316,7 +317,7 @@ def _experiment_source(args: argparse.Namespace) -> str:
 
 
 def _table_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness.report.tables import LAYOUTS, METRICS
+    from harness.report.names import LAYOUTS, METRICS
 
     parser.add_argument("experiment", nargs="?", help="experiment YAML file (shows missing cells) or name in the store")
     parser.add_argument("--metric", choices=(*METRICS, "all"),
@@ -353,15 +354,16 @@ def table(args: argparse.Namespace) -> int:
 
 
 def _plot_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness.report.plots import KINDS
+    from harness.report.names import PLOT_KINDS
 
-    parser.add_argument("kind", choices=(*KINDS, "all"),
+    parser.add_argument("kind", choices=(*PLOT_KINDS, "all"),
                         help="the figure (all: every kind the experiment has data for)")
     parser.add_argument("experiment", nargs="?", help="experiment YAML file or name in the store")
     parser.add_argument("--attacks", help="comma-separated subset of clean,fgsm,pgd20,cw,aa")
     parser.add_argument("--param", default="gamma", help="gamma: the swept hyper-parameter (default: gamma)")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default: png,pdf)")
-    parser.add_argument("--out", help="output folder (default: reports/<experiment>)")
+    parser.add_argument("--out", help="output folder (default: reports/<experiment>; files named "
+                                      "<file stem>-<kind> for a YAML file that views another experiment's store)")
     parser.add_argument("--results", default="results", help="the run store (default: ./results)")
 
 
@@ -379,7 +381,8 @@ def plot(args: argparse.Namespace) -> int:
     if unknown or not formats:
         raise HarnessError(f"--formats: '{args.formats}' (choose from png, pdf, svg)")
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
-    options = PlotOptions(Path(args.out or Path("reports") / store.name), attacks, formats, args.param)
+    options = PlotOptions(Path(args.out or Path("reports") / store.name), attacks, formats, args.param,
+                          store.file_prefix)
     if args.kind != "all":
         paths = draw(args.kind, store, options)
     else:
@@ -417,3 +420,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
+        sys.stdout = None  # type: ignore[assignment]  # nothing more to flush at exit
+        return 141

@@ -30,14 +30,15 @@ def write_experiment(where, text):
     (where / "exp.yaml").write_text(text)
 
 
-def start_run(where, env=None):
-    """Start ``harness run exp.yaml --quiet --device cpu`` in ``where`` (not waited for)."""
-    return harness_process(*RUN, cwd=where, env=env)
+def start_run(where, env=None, args=()):
+    """Start ``harness run exp.yaml --quiet --device cpu [ARGS]`` in ``where`` (not waited for)."""
+    return harness_process(*RUN, *args, cwd=where, env=env)
 
 
-def run_experiment(where, timeout=300, env=None):
-    """Run ``exp.yaml`` in ``where`` to the end, assert it succeeded, return its stdout."""
-    process = start_run(where, env)
+def run_experiment(where, timeout=300, env=None, args=()):
+    """Run ``exp.yaml`` in ``where`` to the end, assert it succeeded, return its stdout. ``args``
+    such as ``("--workers", "2")`` run a grid's cells two at a time (one thread each)."""
+    process = start_run(where, env, args)
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err
     return out

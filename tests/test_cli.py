@@ -1,13 +1,19 @@
-"""The command line as a user meets it: `python -m harness ...` in a subprocess."""
+"""The command line as a user meets it: `python -m harness ...` — in a subprocess for the exit
+status and the streams a shell sees, and in-process (``harness.cli.main``, which is all
+``__main__`` calls) for the many messages, which would otherwise pay a torch import each."""
 
+import io
 import os
 import re
 import subprocess
 import sys
 import textwrap
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+
+from harness.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,17 +29,39 @@ grid:
 """
 
 
-def harness(*args, cwd):
+def harness_subprocess(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HARNESS_PLUGINS": "tests.toy_method"}
     return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
+def harness(*args, cwd):
+    """``harness.cli.main(ARGS)`` run in ``cwd``, its exit status and output as a subprocess's."""
+    out, err, previous = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as stop:  # argparse: --help, usage errors
+                code = stop.code
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def test_help_lists_subcommands(tmp_path):
-    result = harness("--help", cwd=tmp_path)
+    result = harness_subprocess("--help", cwd=tmp_path)
     assert result.returncode == 0
     for name in ("list", "validate"):
         assert name in result.stdout
+
+
+def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "exp.yaml").write_text(VALID.replace("cnn5", "cnn6"))
+    result = harness_subprocess("validate", "exp.yaml", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: exp.yaml: base.teacher.arch: unknown model 'cnn6' (did you mean 'cnn5'?)\n"
 
 
 def test_list_names(tmp_path):

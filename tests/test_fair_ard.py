@@ -120,13 +120,14 @@ grid:
   method: [{methods}]
 """
 ENV = {"OMP_NUM_THREADS": "1"}
+TWO_SLOTS = ("--workers", "2")  # the two methods side by side, one thread each
 
 
 @pytest.fixture(scope="module")
 def straight_runs(tmp_path_factory, teacher_checkpoint):
     where = tmp_path_factory.mktemp("fair-ard")
     write_experiment(where, EXPERIMENT.format(teacher=teacher_checkpoint, methods="fair-ard, ard"))
-    run_experiment(where, env=ENV)
+    run_experiment(where, env=ENV, args=TWO_SLOTS)
     return where / "results"
 
 
@@ -153,11 +154,11 @@ def test_fair_ard_and_ard_run_end_to_end(straight_runs):
 
 def test_killed_fair_ard_resumes_with_its_weights(tmp_path, teacher_checkpoint, straight_runs):
     write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, methods="fair-ard"))
-    kill_at_first_checkpoint(start_run(tmp_path, env=ENV), tmp_path / "results", "fair-ard")
+    kill_at_first_checkpoint(start_run(tmp_path, env=ENV, args=TWO_SLOTS), tmp_path / "results", "fair-ard")
     folder = run_folder(tmp_path / "results", "fair-ard")
     state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
     assert state["method"]["class_weights"].tolist() == pytest.approx(history_of(folder)[0]["class_weights"])
 
-    run_experiment(tmp_path, env=ENV)
+    run_experiment(tmp_path, env=ENV, args=TWO_SLOTS)
     assert history_of(folder) == history_of(run_folder(straight_runs, "fair-ard"))

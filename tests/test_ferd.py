@@ -388,13 +388,14 @@ grid:
   method: [{methods}]
 """
 ALL = ("ferd", "ferd-code", "ferd-no-reweight", "ferd-no-fae", "ferd-no-utae", "ferd-no-fae-utae")
+TWO_SLOTS = ("--workers", "2")  # one thread per cell in the grid and in the resumed run alike
 
 
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory, teacher_checkpoint):
     where = tmp_path_factory.mktemp("ferd-grid")
     write_experiment(where, EXPERIMENT.format(teacher=teacher_checkpoint, methods=", ".join(ALL)))
-    run_experiment(where)
+    run_experiment(where, args=TWO_SLOTS)
     return where / "results"
 
 
@@ -426,7 +427,7 @@ def test_every_preset_runs_end_to_end(grid_run):
 
 def test_killed_run_resumes_with_weights_and_pool(tmp_path, teacher_checkpoint, grid_run):
     write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, methods="ferd"))
-    kill_at_first_checkpoint(start_run(tmp_path), tmp_path / "results", "ferd")
+    kill_at_first_checkpoint(start_run(tmp_path, args=TWO_SLOTS), tmp_path / "results", "ferd")
     folder = run_folder(tmp_path / "results", "ferd")
     state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
@@ -435,7 +436,7 @@ def test_killed_run_resumes_with_weights_and_pool(tmp_path, teacher_checkpoint, 
     assert saved["class_weights"].tolist() == pytest.approx(history_of(folder)[0]["class_weights"])
     assert saved["class_weights"].max() > 0.3  # the reweighting has moved p far from uniform
 
-    run_experiment(tmp_path)
+    run_experiment(tmp_path, args=TWO_SLOTS)
     history = history_of(folder)
     assert len(history) == 2
     assert history == history_of(run_folder(grid_run, "ferd"))  # p, D, pool and generator survived

@@ -227,7 +227,7 @@ def test_report_outputs_match_the_figure_kinds():
     assert set(REPORT_OUTPUTS) == {"table", *KINDS}
 
 
-def test_run_writes_the_experiments_report_when_every_cell_is_done(tmp_path, teacher_checkpoint):
+def test_run_writes_the_experiments_report_when_every_cell_is_done(tmp_path, teacher_checkpoint, monkeypatch):
     from tests.e2e import run_experiment, write_experiment
 
     write_experiment(tmp_path, f"""
@@ -243,10 +243,28 @@ grid:
   method: [noise, ard]
 report: [table, per-class, confusion]
 """)
-    out = run_experiment(tmp_path)
+    out = run_experiment(tmp_path, args=("--workers", "2"))
     reports = tmp_path / "reports" / "demo"
     expected = ["table.md", "table.csv", "per-class.png", "confusion-clean.png", "confusion-fgsm.png"]
     assert sorted(p.name for p in reports.iterdir()) == sorted(expected)
     assert all(f"wrote reports/demo/{name}" in out for name in expected)
     table = (reports / "table.md").read_text()
     assert "| noise" in table and "| ard" in table and "FGSM" in table
+
+    # a file that names the experiment of a file beside it is a view of that store: its reports are
+    # prefixed with its own stem, so that the two write side by side
+    import shutil
+
+    from harness.cli import main
+
+    shutil.copy(tmp_path / "exp.yaml", tmp_path / "demo.yaml")
+    (tmp_path / "demo_noise.yaml").write_text("include: demo.yaml\nname: demo\ngrid:\n  method: [noise]\n"
+                                             "report: [table, per-class]\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "demo_noise.yaml", "--quiet", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in reports.iterdir()) == sorted(
+        [*expected, "demo_noise-table.md", "demo_noise-table.csv", "demo_noise-per-class.png"])
+    view = (reports / "demo_noise-table.md").read_text()
+    assert "| noise" in view and "| ard" not in view
+    assert main(["plot", "confusion", "demo_noise.yaml", "--formats", "png"]) == 0
+    assert (reports / "demo_noise-confusion-clean.png").is_file()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from harness.models.base import Classifier
 from harness.registry import Registry
 
@@ -17,8 +19,10 @@ def register_model(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[Bui
 
 
 def create_model(name: str, *, in_channels: int, num_classes: int, image_size: int, **kwargs) -> Classifier:
-    """Build the architecture ``name`` for images of ``in_channels`` × ``image_size``²."""
-    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
+    """Build the architecture ``name`` for images of ``in_channels`` × ``image_size``², its weights
+    channels-last (see :mod:`harness.models.base`)."""
+    model = MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
+    return model.to(memory_format=torch.channels_last)
 
 
 # Importing the architecture modules registers them.

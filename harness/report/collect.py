@@ -152,10 +152,18 @@ def _method_rank(method: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class Store:
-    """The runs of one experiment, in grid order."""
+    """The runs of one experiment, in grid order. ``view`` is the YAML file's stem when the store was
+    opened from a file that names the experiment of another file beside it (``fmnist_ablation.yaml``
+    says ``name: fmnist_main``: it is a view of ``fmnist_main.yaml``'s runs), else ``name``."""
 
     name: str
     runs: list[Run]
+    view: str = ""
+
+    @property
+    def file_prefix(self) -> str:
+        """Prefix of report files, so that several views of one store write side by side."""
+        return f"{self.view}-" if self.view and self.view != self.name else ""
 
     def frame(self) -> pd.DataFrame:
         """One row per run: dataset, student, method, plugin, variant, seed, state, run_dir and
@@ -211,7 +219,9 @@ def open_store(source: str | Path, results: str | Path = "results") -> Store:
     if from_file:
         experiment = load_experiment(source_text)
         cells = [(results / spec.relative_dir(), spec.to_dict()) for spec in experiment.cells]
-        name = experiment.name
+        name, view = experiment.name, Path(source_text).stem
+        if not (Path(source_text).parent / f"{name}.yaml").is_file():
+            view = name  # not a view of another experiment file's store
     else:
         if not SAFE_NAME.match(source_text):
             raise HarnessError(f"{source_text}: not an experiment file or name")
@@ -219,11 +229,12 @@ def open_store(source: str | Path, results: str | Path = "results") -> Store:
         if not folder.is_dir():
             raise HarnessError(f"{source_text}: no experiment file of that name and no folder {folder}")
         cells, name = _scan(folder, source_text), source_text
+        view = name
     axes = run_axes([config for _, config in cells])
     runs = [Run(run_dir, config, cell_state(run_dir), values) for (run_dir, config), values in zip(cells, axes)]
     if not from_file:  # a scanned store: a stable, readable order
         runs.sort(key=_reading_order)
-    return Store(name, runs)
+    return Store(name, runs, view)
 
 
 def _reading_order(run: Run) -> tuple:

@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from harness.errors import HarnessError  # noqa: E402
 from harness.report.collect import Run, Store, value_text  # noqa: E402
-from harness.report.tables import ATTACK_TITLES, ATTACKS  # noqa: E402
+from harness.report.names import ATTACK_TITLES, ATTACKS, PLOT_KINDS  # noqa: E402
 from harness.store import atomic_write_bytes  # noqa: E402
 
 FAMILY_COLORS = {"teacher": "#222222", "noise": "#9e9e9e", "zskt": "#8c564b", "deepinv": "#9467bd",
@@ -44,11 +44,13 @@ Figure = Callable[[Store, "PlotOptions"], list[Path]]
 
 # --------------------------------------------------------------------------- shared helpers
 class PlotOptions:
-    """What the ``plot`` command passes: attacks, output folder, file formats, swept parameter."""
+    """What the ``plot`` command passes: attacks, output folder, file formats, swept parameter and
+    a prefix for the file names."""
 
     def __init__(self, out: Path, attacks: list[str] | None = None, formats: tuple[str, ...] = ("png", "pdf"),
-                 param: str = "gamma") -> None:
+                 param: str = "gamma", prefix: str = "") -> None:
         self.out, self.attacks, self.formats, self.param = Path(out), attacks, formats, param
+        self.prefix = prefix
 
 
 def palette(store: Store, with_teacher: bool = False) -> dict[str, Any]:
@@ -74,7 +76,7 @@ def _save(figure: plt.Figure, options: PlotOptions, stem: str, dpi: int = 150) -
     for fmt in options.formats:
         buffer = io.BytesIO()
         figure.savefig(buffer, format=fmt, bbox_inches="tight", dpi=dpi)
-        path = options.out / f"{stem}.{fmt}"
+        path = options.out / f"{options.prefix}{stem}.{fmt}"
         atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     plt.close(figure)
@@ -382,6 +384,7 @@ def samples(store: Store, options: PlotOptions) -> list[Path]:
 
 KINDS: dict[str, Figure] = {"per-class": per_class, "confusion": confusion, "weights": weights, "gamma": gamma,
                             "epochs": epochs, "samples": samples}
+assert tuple(KINDS) == PLOT_KINDS, "harness.report.names.PLOT_KINDS lists the kinds the CLI accepts"
 
 
 def plot(kind: str, store: Store, options: PlotOptions) -> list[Path]:

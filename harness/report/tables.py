@@ -27,11 +27,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report.collect import Run, Store, value_text
-
-ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
-ATTACK_TITLES = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW∞", "aa": "AA"}
-METRIC_TITLES = {"avg": "Avg", "worst": "Worst", "worst10": "Worst-10%", "nsd": "NSD"}
-METRICS = tuple(METRIC_TITLES)
+from harness.report.names import ATTACK_TITLES, ATTACKS, LAYOUTS, METRIC_TITLES, METRICS
 LOWER_IS_BETTER = frozenset({"nsd"})
 ABLATIONS = {"ferd": "FERD", "ferd-no-reweight": "w/o reweighting", "ferd-no-fae": "w/o FAEs",
              "ferd-no-utae": "w/o UTAEs", "ferd-no-fae-utae": "w/o FAEs & UTAEs"}
@@ -40,7 +36,6 @@ REWEIGHTING = {"softmax": "softmax (Eq. 2)", "minmax": "min-max (code)", "power"
 PARAM_TITLES = {"params.gamma": "γ", "params.layer": "layer", "params.reweight": "reweighting",
                 "params.lambda_clean": "λ₁", "params.lambda_utae": "λ₂", "params.lambda_adv": "λ_adv",
                 "params.lambda_bn": "λ_bn", "params.lambda_oh": "λ_oh", "params.lambda_uni": "λ_uni"}
-LAYOUTS = ("main", "ablation", "reweighting", "lambdas", "dfkd-vs-dfrd", "layer", "gamma")
 TITLES = {
     "main": "Robust accuracy and robust fairness per attack (Tables 1, 2, 5)",
     "ablation": "Ablation of FERD's components (Table 3)",

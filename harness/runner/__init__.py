@@ -10,6 +10,7 @@ two runners on one grid never run the same cell twice.
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,7 @@ def check_results_folder(results: Path) -> None:
     """Fail early with one line when the results folder cannot be written."""
     try:
         results.mkdir(parents=True, exist_ok=True)
-        probe = results / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=results):  # a unique name: concurrent runners never race on it
+            pass
     except OSError as error:
         raise HarnessError(f"{results}: results folder is not writable ({error.strerror})") from None
