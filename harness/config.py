@@ -37,14 +37,14 @@ from harness.data import get_dataset
 from harness.errors import HarnessError
 from harness.models import MODELS
 from harness.registry import RegistryError, suggest
+from harness.report.names import ATTACKS, PLOT_KINDS
 from harness.schema import SchemaError, as_float, build, param, to_plain
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TOP_LEVEL_KEYS = ("name", "description", "include", "base", "methods", "grid", "exclude", "executor", "report")
 # What ``report:`` may ask ``run`` to write once every cell is done: the table, and figure kinds
-# (harness.report.plots.KINDS, kept here so that validating a file does not import matplotlib).
-REPORT_OUTPUTS = ("table", "per-class", "confusion", "weights", "gamma", "epochs", "samples")
-ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
+# (the kinds of harness.report.names, which imports no plotting library).
+REPORT_OUTPUTS = ("table", *PLOT_KINDS)
 
 
 class ConfigError(HarnessError):
