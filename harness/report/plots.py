@@ -127,7 +127,8 @@ def per_class(store: Store, options: PlotOptions) -> list[Path]:
     colors = {k: v for k, v in palette(store, with_teacher=True).items() if k in set(data["who"])}
     classes = len(store.class_names())
     width = max(6.0, 0.09 * classes * len(colors)) if classes <= MAX_LABELLED_CLASSES else 10.0
-    figure, axes = plt.subplots(len(attacks), 1, figsize=(width, 2.8 * len(attacks)), squeeze=False, sharex=True)
+    figure, axes = plt.subplots(len(attacks), 1, figsize=(width, 2.8 * len(attacks)), squeeze=False, sharex=True,
+                                layout="constrained")
     for axis, attack in zip(axes[:, 0], attacks):
         panel = data[data["attack"] == attack]
         if classes <= MAX_LABELLED_CLASSES:
@@ -141,7 +142,7 @@ def per_class(store: Store, options: PlotOptions) -> list[Path]:
         axis.grid(axis="y", alpha=0.3)
     axes[-1, 0].tick_params(axis="x", rotation=30 if classes <= MAX_LABELLED_CLASSES else 0)
     sns.move_legend(axes[0, 0], "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False)
-    figure.suptitle(f"{store.name}: per-class accuracy", y=1.0)
+    figure.suptitle(f"{store.name}: per-class accuracy")
     return _save(figure, options, "per-class")
 
 
