@@ -173,7 +173,7 @@ class RunSpec:
 
     def identity(self) -> dict[str, Any]:
         """Everything that can change the result (never paths, device or workers)."""
-        settings = to_plain(self.settings)
+        settings = to_plain(self.settings, for_key=True)
         for key in KEY_EXCLUDED:
             settings.pop(key)
         checkpoint = self.settings.teacher.checkpoint
@@ -182,7 +182,7 @@ class RunSpec:
             **settings,
             "plugin": self.entry.plugin_name,
             "version": self.entry.plugin.version,
-            "params": to_plain(self.params),
+            "params": to_plain(self.params, for_key=True),
         }
 
     @property

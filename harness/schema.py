@@ -42,10 +42,18 @@ def param(
     lt: float | None = None,
     choices: tuple[Any, ...] | None = None,
     doc: str = "",
+    key_at_default: bool = True,
 ) -> Any:
-    """A dataclass field with its allowed range (``ge``/``gt``/``le``/``lt``) or ``choices``."""
+    """A dataclass field with its allowed range (``ge``/``gt``/``le``/``lt``) or ``choices``.
+
+    ``key_at_default=False`` marks a switch added after results were stored:
+    ``to_plain(..., for_key=True)`` leaves it out while it holds its default, so existing run keys stay valid.
+    """
     bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "doc": doc}
-    return dataclasses.field(default=default, metadata={k: v for k, v in bounds.items() if v is not None})
+    metadata = {k: v for k, v in bounds.items() if v is not None}
+    if not key_at_default:
+        metadata["key_at_default"] = False
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _describe(value: Any) -> str:
@@ -182,12 +190,16 @@ def build(cls: type[D], data: Any, path: str = "", *, base: D | None = None) -> 
         raise SchemaError(where, message or str(error)) from None
 
 
-def to_plain(obj: Any) -> Any:
-    """JSON-ready form of a (nested) dataclass: dicts, lists, numbers, strings."""
+def to_plain(obj: Any, *, for_key: bool = False) -> Any:
+    """JSON-ready form of a (nested) dataclass: dicts, lists, numbers, strings.
+
+    ``for_key``: the run-key view, without the ``key_at_default=False`` fields at their default.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_plain(getattr(obj, f.name), for_key=for_key) for f in dataclasses.fields(obj)
+                if not for_key or f.metadata.get("key_at_default", True) or getattr(obj, f.name) != f.default}
     if isinstance(obj, (list, tuple)):
-        return [to_plain(item) for item in obj]
+        return [to_plain(item, for_key=for_key) for item in obj]
     if isinstance(obj, Mapping):
-        return {str(k): to_plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v, for_key=for_key) for k, v in obj.items()}
     return obj

@@ -43,7 +43,11 @@ Algorithm 1, one epoch (T_g = ``schedule.generator_steps``, T_s = ``schedule.stu
     so the max is at least about the largest σ_c² and the rule flags (almost) every channel —
     only channels whose σ_k² is near the largest can escape; with a partly trained Fashion-MNIST
     cnn5 teacher the flagged fraction (``gen_mask``) is 1.0 in both modes, making Z_nr ≈ Z and L_uni ≈ KL(U ‖ T(x_a)).
-    The rule is implemented as written. Then
+    The rule is implemented as written. The released code thresholds with the variance of the
+    clean Z instead (``mask_variance: clean``; it calls σ_k² > max Var(Z) "robust", the rest
+    non-robust), which is not degenerate by construction — yet on the shipped cnn5 teacher, 128
+    of FERD's synthetic images, it too flags 1.000 of the channels with the batch max (0.94–0.99
+    with a per-sample max): the fitted σ_k² stay near v_k, below the largest v. Then
 
         Z_nr = mask ⊙ Z  (mask constant; the gradient flows through Z into G),
         L_uni = KL(U ‖ softmax(f_{l+}(Z_nr))),  U uniform over the C classes.        (Eq. 7)
@@ -98,6 +102,10 @@ Released code vs paper (switches; the ``ferd-code`` preset turns every one to th
 - ``ib_kl_reduction``: ``sum`` (paper: Σ_c, batch mean) | ``half_mean`` (code: ½·mean over
   samples and channels);
 - ``mask_max``: ``per_sample`` (paper reading) | ``batch`` (code: one scalar max over the batch);
+- ``mask_variance``: ``noisy`` (paper: Var(Z_I) in Eq. 6) | ``clean`` (code: Var(Z));
+- ``adversarial_loss``: ``kl`` (paper: L_adv = −KL(T ‖ S)) | ``dkl`` (code: −``decoupled_kl`` with
+  the prior softmax(T/100), whose wMSE part does not vanish, gradients through T in Δt and the prior,
+  T constant in the soft CE — so, unlike −KL, no gradient through the teacher's entropy);
 - ``student_loss``: ``kl`` (paper) | ``ikl`` (code: the decoupled KL of Cui et al. — a weighted
   MSE on pairwise logit differences, ¼·Σ_{j,k} w_jk (Δt_jk − Δs_jk)² per sample with
   w = prior ⊗ prior, plus the soft-label CE −Σ_j softmax(t)_j log softmax(s)_j; α = β = 1,
@@ -140,6 +148,7 @@ MINMAX_RANGE = (0.05, 0.2)  # the code's target interval for D before renormalis
 POWER_EPS = 1e-5  # Fair-ARD's (κ + 1e-5)^−β
 VAR_FLOOR = 1e-6  # floor of the spatial variance v_c in Eq. 5
 UTAE_INIT_STD = 0.001
+DKL_PRIOR_TEMPERATURE = 100.0  # the code's T2 of the generator's decoupled-KL prior
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,8 @@ class Params:
     lr_z: float = param(1.5e-2, gt=0, doc="Adam lr of z")
     reset_generator: bool = param(True, doc="re-initialise G (and its Adam) every epoch")
     lambda_adv: float = param(1.0, ge=0, doc="weight of L_adv = −KL(T‖S)")
+    adversarial_loss: Literal["kl", "dkl"] = param(
+        "kl", key_at_default=False, doc="L_adv: −KL(T‖S) (paper) | −decoupled KL, prior softmax(T/100) (code)")
     lambda_bn: float = param(5.0, ge=0, doc="weight of the BN-statistics loss")
     lambda_oh: float = param(1.0, ge=0, doc="weight of CE(T(x), y)")
     lambda_uni: float = param(5.0, ge=0, doc="weight of L_uni (0: the 'w/o FAEs' ablation)")
@@ -160,6 +171,8 @@ class Params:
     ib_beta: float = param(0.3, ge=0, doc="β of the KL term of Eq. 5")
     ib_kl_reduction: Literal["sum", "half_mean"] = param("sum", doc="sum (paper) | half_mean (code)")
     mask_max: Literal["per_sample", "batch"] = param("per_sample", doc="max of Eq. 6 per sample (paper) | batch (code)")
+    mask_variance: Literal["noisy", "clean"] = param(
+        "noisy", key_at_default=False, doc="variance in Eq. 6's threshold: of Z_I (paper) | of Z (code)")
     reweight: Literal["softmax", "minmax", "power", "linear", "sigmoid", "tanh", "none"] = param(
         "softmax", doc="class weights: softmax (paper) | minmax (code) | Table 6 LPS functions | none")
     tau: float = param(1.0, gt=0, doc="temperature of the softmax weights")
@@ -300,15 +313,15 @@ def fit_bottleneck(head: Any, features: torch.Tensor, labels: torch.Tensor, *, s
     return F.softplus(lam.detach()), value
 
 
-def nonrobust_mask(sigma: torch.Tensor, noisy: torch.Tensor, mode: str = "per_sample") -> torch.Tensor:
-    """Eq. 6: 1 where σ_k² < max_c Var(Z_I^c) (Var: biased spatial variance), else 0; N×C×1×1.
+def nonrobust_mask(sigma: torch.Tensor, reference: torch.Tensor, mode: str = "per_sample") -> torch.Tensor:
+    """Eq. 6: 1 where σ_k² < max_c Var(R^c) (Var: biased spatial variance), else 0; N×C×1×1.
 
-    ``per_sample`` (paper reading): the max over the channels of each sample; ``batch`` (code):
-    one scalar max over every sample and channel.
+    R is Z_I (paper) or Z (code's ``mask_variance: clean``). ``per_sample`` (paper reading): the
+    max over the channels of each sample; ``batch`` (code): one scalar max over every sample and channel.
     """
-    var = noisy.var(dim=(2, 3), unbiased=False, keepdim=True)
+    var = reference.var(dim=(2, 3), unbiased=False, keepdim=True)
     threshold = var.amax(dim=1, keepdim=True) if mode == "per_sample" else var.max()
-    return (sigma**2 < threshold).to(noisy.dtype)
+    return (sigma**2 < threshold).to(reference.dtype)
 
 
 def uniform_kl(logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
@@ -331,19 +344,34 @@ def utae(model: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, *, eps
                   init_std=UTAE_INIT_STD, generator=generator, penalty=penalty)
 
 
-def decoupled_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+def decoupled_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, prior: torch.Tensor, *,
+                 through_teacher: bool = False) -> torch.Tensor:
     """The code's ``ikl``: ¼·mean_i Σ_{j,k} w_ijk (Δt_ijk − Δs_ijk)² + soft CE, w_i = prior_i ⊗ prior_i.
 
     Δ_jk = z_j − z_k. With a one-hot prior (the code's) w is non-zero only at (y, y), where both
     differences vanish, so the wMSE part is 0 and the loss is KL(T ‖ S) + H(T).
+    ``through_teacher``: gradients also reach T through Δt (the code's generator loss); the soft
+    CE always treats T as a constant.
     """
-    t, s = teacher_logits.detach(), student_logits
+    t, s = (teacher_logits if through_teacher else teacher_logits.detach()), student_logits
     delta_t = t[:, :, None] - t[:, None, :]
     delta_s = s[:, :, None] - s[:, None, :]
     weights = prior[:, :, None] * prior[:, None, :]
     wmse = 0.25 * (weights * (delta_t - delta_s) ** 2).sum() / len(s)
-    soft_ce = -(F.softmax(t, dim=1) * F.log_softmax(s, dim=1)).sum(dim=1).mean()
+    soft_ce = -(F.softmax(t.detach(), dim=1) * F.log_softmax(s, dim=1)).sum(dim=1).mean()
     return wmse + soft_ce
+
+
+def generator_adversarial_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                               kind: str = "kl") -> torch.Tensor:
+    """L_adv of Eq. 8: −KL(T ‖ S) (paper), or ``dkl`` (code): −decoupled KL with the prior
+    softmax(T/100), gradients through T in the pairwise differences and the prior."""
+    if kind == "kl":
+        return -kl_divergence(teacher_logits, student_logits)
+    if kind == "dkl":
+        prior = F.softmax(teacher_logits / DKL_PRIOR_TEMPERATURE, dim=1)
+        return -decoupled_kl(teacher_logits, student_logits, prior, through_teacher=True)
+    raise ValueError(f"unknown adversarial loss {kind!r}")
 
 
 def ferd_student_loss(teacher_logits: torch.Tensor, student_clean: torch.Tensor, student_utae: torch.Tensor, *,
@@ -381,7 +409,8 @@ def resolve_layer(teacher: nn.Module, layer: str | None) -> str:
 
 PRESETS = {
     "ferd-code": {"utae_model": "student", "reweight": "minmax", "ib_kl_reduction": "half_mean",
-                  "mask_max": "batch", "gamma": 0.0, "student_loss": "ikl"},
+                  "mask_max": "batch", "mask_variance": "clean", "gamma": 0.0, "student_loss": "ikl",
+                  "adversarial_loss": "dkl"},
     "ferd-no-reweight": {"reweight": "none"},
     "ferd-no-fae": {"lambda_uni": 0.0},
     "ferd-no-utae": {"gamma": 0.0},
@@ -442,15 +471,17 @@ class FERD(Method):
         total = p.lambda_bn * loss_bn + p.lambda_oh * loss_oh
         terms = {"bn": loss_bn.item(), "oh": loss_oh.item()}
         if p.lambda_adv > 0:
-            loss_adv = -kl_divergence(teacher_logits, ctx.student(view))
+            loss_adv = generator_adversarial_loss(teacher_logits, ctx.student(view), p.adversarial_loss)
             total = total + p.lambda_adv * loss_adv
             terms["adv"] = loss_adv.item()
         if p.lambda_uni > 0:
             head = lambda z: teacher.head(z, self.layer)  # noqa: E731
             sigma, ib_value = fit_bottleneck(head, features, labels, steps=p.ib_steps, lr=p.ib_lr, beta=p.ib_beta,
                                              reduction=p.ib_kl_reduction)
-            noisy = features.detach() + sigma * torch.randn_like(features)
-            mask = nonrobust_mask(sigma, noisy, p.mask_max)
+            reference = features.detach()
+            if p.mask_variance == "noisy":
+                reference = reference + sigma * torch.randn_like(features)
+            mask = nonrobust_mask(sigma, reference, p.mask_max)
             loss_uni = uniform_kl(head(mask * features))
             total = total + p.lambda_uni * loss_uni
             terms |= {"uni": loss_uni.item(), "ib": ib_value, "mask": mask.mean().item()}

@@ -206,3 +206,25 @@ def test_error_in_included_file_names_that_file(tmp_path):
 def test_everything_excluded_is_an_error(tmp_path):
     message = error_of(tmp_path, BASE + "  method: toy\nexclude:\n  - {method: toy}\n")
     assert "every cell of the grid is excluded" in message
+
+
+def test_switches_added_later_enter_the_key_only_when_set(tmp_path):
+    """A ``key_at_default=False`` switch at its default leaves stored run keys as they were."""
+    from dataclasses import dataclass
+
+    from harness.schema import param, to_plain
+
+    @dataclass(frozen=True)
+    class Params:
+        old: int = param(1)
+        new: str = param("paper", key_at_default=False)
+
+    assert to_plain(Params(), for_key=True) == {"old": 1}
+    assert to_plain(Params(new="code"), for_key=True) == {"old": 1, "new": "code"}
+    assert to_plain(Params()) == {"old": 1, "new": "paper"}  # config.json still records every value
+    ferd = BASE + "  method: ferd\n"
+    plain = load(tmp_path, ferd).cells[0]
+    explicit = load(tmp_path, ferd + "methods: {ferd: {mask_variance: noisy}}\n", "b.yaml").cells[0]
+    code = load(tmp_path, ferd + "methods: {ferd: {mask_variance: clean}}\n", "c.yaml").cells[0]
+    assert "mask_variance" not in plain.identity()["params"]
+    assert plain.key == explicit.key != code.key

@@ -26,6 +26,7 @@ from methods.ferd import (
     decoupled_kl,
     ferd_student_loss,
     fit_bottleneck,
+    generator_adversarial_loss,
     ib_objective,
     least_pgd_steps,
     lps_weights,
@@ -187,6 +188,26 @@ def test_mask_as_written_flags_every_channel_of_noisy_features():
         assert mask[clearly_below].all() and mask.mean() > 0.9
 
 
+@pytest.mark.parametrize("mask_variance", ["noisy", "clean"])
+def test_mask_threshold_reads_the_noisy_or_the_clean_features(models, monkeypatch, mask_variance):
+    """``mask_variance``: Eq. 6's threshold from Var(Z_I) (paper) or from Var(Z) itself (code)."""
+    import methods.ferd as ferd
+
+    teacher, student = models
+    method = FERD(Params(ib_steps=2, mask_variance=mask_variance), method_context(teacher, student))
+    features, references = [], []
+    monkeypatch.setattr(ferd, "fit_bottleneck", lambda head, z, *a, **k: features.append(z.detach()) or
+                        (torch.full((*z.shape[:2], 1, 1), 0.5), 0.0))
+    monkeypatch.setattr(ferd, "nonrobust_mask", lambda sigma, reference, mode: references.append(reference) or
+                        nonrobust_mask(sigma, reference, mode))
+    method._generator_loss(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
+    (z,), (reference,) = features, references
+    if mask_variance == "clean":
+        assert torch.equal(reference, z)
+    else:  # Z + 0.5·ε
+        assert (reference - z).std().item() == pytest.approx(0.5, rel=0.1)
+
+
 def test_uniform_kl_value_and_zero_for_a_uniform_head():
     logits = torch.tensor([[0.5, 0.25, 0.25]]).log()
     # KL(U ‖ q) = (1/3)[log(2/3) + 2 log(4/3)] = 0.056633
@@ -299,6 +320,26 @@ def test_student_loss_weights_eq11_and_ikl():
     assert soft.item() == pytest.approx(wmse + 0.091516 + 0.500402, abs=1e-6)
 
 
+def test_generator_adversarial_loss_kl_and_code_dkl():
+    teacher = torch.tensor([[2.0, 0.0]], requires_grad=True)
+    student = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    t, s = teacher.detach()[0].tolist(), student.detach()[0].tolist()
+    p_t = [math.exp(v) / (math.exp(t[0]) + math.exp(t[1])) for v in t]
+    log_s = [v - math.log(math.exp(s[0]) + math.exp(s[1])) for v in s]
+    kl = sum(p * (math.log(p) - ls) for p, ls in zip(p_t, log_s))
+    assert generator_adversarial_loss(teacher, student).item() == pytest.approx(-kl, abs=1e-6)
+    # dkl: prior softmax(t/100) = (σ(0.02), σ(−0.02)); ¼·2·w_01·((2 − 0) − (0 − 1))² + soft CE
+    w01 = 1 / (1 + math.exp(-0.02)) * 1 / (1 + math.exp(0.02))
+    soft_ce = -sum(p * ls for p, ls in zip(p_t, log_s))
+    dkl = generator_adversarial_loss(teacher, student, "dkl")
+    assert dkl.item() == pytest.approx(-(0.5 * w01 * 9 + soft_ce), abs=1e-6)
+    # gradients reach T only through the pairwise differences (and the prior), not through the soft CE
+    (grad_t,) = torch.autograd.grad(dkl, teacher)
+    assert grad_t[0, 0].item() == pytest.approx(-(0.5 * w01 * 2 * 3), abs=1e-3)
+    with pytest.raises(ValueError, match="unknown adversarial loss"):
+        generator_adversarial_loss(teacher, student, "js")
+
+
 # --------------------------------------------------------------------------- construction, presets
 def test_layer_is_checked_against_the_teacher(models):
     teacher, student = models
@@ -354,7 +395,8 @@ def test_presets_resolve_to_their_switches(tmp_path):
     base = Params(ib_steps=3)
     assert cells["ferd"] == base
     assert cells["ferd-code"] == Params(ib_steps=3, utae_model="student", reweight="minmax",
-                                        ib_kl_reduction="half_mean", mask_max="batch", gamma=0.0, student_loss="ikl")
+                                        ib_kl_reduction="half_mean", mask_max="batch", mask_variance="clean",
+                                        gamma=0.0, student_loss="ikl", adversarial_loss="dkl")
     assert cells["ferd-no-reweight"] == Params(ib_steps=3, reweight="none")
     assert cells["ferd-no-fae"] == Params(ib_steps=3, lambda_uni=0.0)
     assert cells["ferd-no-utae"] == Params(ib_steps=3, gamma=0.0)
