@@ -103,6 +103,8 @@ Released code vs paper (switches; the ``ferd-code`` preset turns every one to th
   samples and channels);
 - ``mask_max``: ``per_sample`` (paper reading) | ``batch`` (code: one scalar max over the batch);
 - ``mask_variance``: ``noisy`` (paper: Var(Z_I) in Eq. 6) | ``clean`` (code: Var(Z));
+- ``difficulty``: ``margin`` (paper: D_c from the PGD-K margins of Eq. 1) | ``clean_ce`` (code: D_c =
+  the teacher's mean CE per class on the clean synthetic images, no attack; κ is still measured);
 - ``adversarial_loss``: ``kl`` (paper: L_adv = −KL(T ‖ S)) | ``dkl`` (code: −``decoupled_kl`` with
   the prior softmax(T/100), whose wMSE part does not vanish, gradients through T in Δt and the prior,
   T constant in the soft CE — so, unlike −KL, no gradient through the teacher's entropy);
@@ -176,6 +178,9 @@ class Params:
     reweight: Literal["softmax", "minmax", "power", "linear", "sigmoid", "tanh", "none"] = param(
         "softmax", doc="class weights: softmax (paper) | minmax (code) | Table 6 LPS functions | none")
     tau: float = param(1.0, gt=0, doc="temperature of the softmax weights")
+    difficulty: Literal["margin", "clean_ce"] = param(
+        "margin", key_at_default=False,
+        doc="D_c: −margin after PGD-K on the teacher (paper, Eq. 1) | teacher CE on the clean images (code)")
     reweight_steps: int = param(20, ge=1, doc="K: PGD steps on the teacher for margins and LPS")
     lps_beta: float = param(2.0, gt=0, doc="β of the power weighting κ^−β")
     lps_lambda: float = param(0.0, doc="λ of the sigmoid / tanh weightings")
@@ -410,7 +415,7 @@ def resolve_layer(teacher: nn.Module, layer: str | None) -> str:
 PRESETS = {
     "ferd-code": {"utae_model": "student", "reweight": "minmax", "ib_kl_reduction": "half_mean",
                   "mask_max": "batch", "mask_variance": "clean", "gamma": 0.0, "student_loss": "ikl",
-                  "adversarial_loss": "dkl"},
+                  "adversarial_loss": "dkl", "difficulty": "clean_ce"},
     "ferd-no-reweight": {"reweight": "none"},
     "ferd-no-fae": {"lambda_uni": 0.0},
     "ferd-no-utae": {"gamma": 0.0},
@@ -516,7 +521,13 @@ class FERD(Method):
         ctx, p = self.ctx, self.params
         margins, lps = teacher_pgd_statistics(ctx.teacher, images, labels, epsilon=ctx.epsilon,
                                               step_size=ctx.step_size, steps=p.reweight_steps)
-        self.difficulty = class_means(-margins, labels, self.difficulty)
+        if p.difficulty == "margin":
+            self.difficulty = class_means(-margins, labels, self.difficulty)
+        else:
+            with torch.no_grad():
+                loss = F.cross_entropy(ctx.teacher(images), labels, reduction="none")
+            ctx.cost.teacher_forward_images += len(images)
+            self.difficulty = class_means(loss.to(torch.float64), labels, self.difficulty)
         self.lps = class_means(lps.to(torch.float64), labels, self.lps)
         if p.reweight == "softmax":
             self.class_weights = softmax_weights(self.difficulty, p.tau)

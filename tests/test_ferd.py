@@ -112,6 +112,24 @@ class ConstantModel(nn.Module):
         return self.logits + 0 * x.flatten(1).sum(1, keepdim=True)
 
 
+@pytest.mark.parametrize("difficulty", ["margin", "clean_ce"])
+def test_reweighting_difficulty_from_margins_or_clean_ce(models, difficulty):
+    """D_c: mean −margin after PGD-K on the teacher (paper) or the teacher's clean CE (code)."""
+    teacher, student = models
+    method = FERD(Params(difficulty=difficulty, reweight_steps=3), method_context(teacher, student))
+    torch.manual_seed(0)
+    images, labels = torch.rand(6, 3, 16, 16), torch.tensor([0, 0, 1, 1, 1, 4])
+    method._reweight(images, labels)
+    with torch.no_grad():
+        clean_ce = F.cross_entropy(teacher(images), labels, reduction="none").double()
+    expected_ce = [clean_ce[:2].mean(), clean_ce[2:5].mean(), clean_ce[5]]
+    measured = method.difficulty[[0, 1, 4]]
+    matches = torch.allclose(measured, torch.stack(expected_ce), atol=1e-6)
+    assert matches == (difficulty == "clean_ce")
+    assert method.difficulty[2].item() == 0.0  # absent: keeps its initial D
+    torch.testing.assert_close(method.class_weights, torch.softmax(method.difficulty, 0))
+
+
 def test_teacher_pgd_statistics_margins_and_lps():
     model = ConstantModel(LOGITS)
     x = torch.rand(4, 1, 2, 2)
@@ -396,7 +414,8 @@ def test_presets_resolve_to_their_switches(tmp_path):
     assert cells["ferd"] == base
     assert cells["ferd-code"] == Params(ib_steps=3, utae_model="student", reweight="minmax",
                                         ib_kl_reduction="half_mean", mask_max="batch", mask_variance="clean",
-                                        gamma=0.0, student_loss="ikl", adversarial_loss="dkl")
+                                        gamma=0.0, student_loss="ikl", adversarial_loss="dkl",
+                                        difficulty="clean_ce")
     assert cells["ferd-no-reweight"] == Params(ib_steps=3, reweight="none")
     assert cells["ferd-no-fae"] == Params(ib_steps=3, lambda_uni=0.0)
     assert cells["ferd-no-utae"] == Params(ib_steps=3, gamma=0.0)
