@@ -8,12 +8,14 @@ import os
 import re
 import subprocess
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+import seaborn as sns
 
 from harness.cli import main
 from harness.report.collect import open_store
-from harness.report.plots import KINDS, PlotOptions, plot
+from harness.report.plots import KINDS, PlotOptions, _label_runs_per_point, plot
 from harness.report.tables import build_table, choose_layout, render
 from tests.report_fixture import metrics_of, sweep_store, write_run
 
@@ -189,6 +191,21 @@ def test_plot_kinds_render_pngs_from_the_fixture_store(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         ["per-class.png", "confusion-clean.png", "confusion-pgd20.png", "weights.png", "gamma.png", "epochs.png",
          "samples.png"])
+
+
+def test_gamma_plot_tick_labels_give_the_runs_behind_each_value():
+    """A swept value with one finished seed must not read like a mean of three."""
+    rows = [(0.0, "ferd", 0), (0.0, "ferd", 1), (0.5, "ferd", 0), (0.0, "ferd (tau=2)", 0), (0.5, "ferd (tau=2)", 0)]
+    panel = pd.DataFrame([{"x": x, "method": method, "attack": "Clean", "accuracy": 50.0 + seed}
+                          for x, method, seed in rows])
+    for x_values, expected in ((panel["x"], ["0\nn=1–2", "0.5\nn=1"]),
+                               (panel["x"].map({0.0: "softmax", 0.5: "power"}), ["softmax\nn=1–2", "power\nn=1"])):
+        figure, axis = plt.subplots()
+        data = panel.assign(x=x_values)
+        sns.lineplot(data, x="x", y="accuracy", hue="method", ax=axis)
+        _label_runs_per_point(axis, data)
+        assert [label.get_text() for label in axis.get_xticklabels()] == expected
+        plt.close(figure)
 
 
 def harness(*args, cwd):

@@ -281,10 +281,25 @@ def gamma(store: Store, options: PlotOptions) -> list[Path]:
                      legend=metric == "Worst")
         axis.set(title=metric, xlabel=axis_name.rsplit(".", 1)[-1].replace("gamma", "γ"), ylabel="accuracy (%)")
         axis.grid(alpha=0.3)
+        _label_runs_per_point(axis, panel)
     sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=7)
-    figure.suptitle(f"{store.name}: accuracy against {axis_name.rsplit('.', 1)[-1]}")
+    figure.suptitle(f"{store.name}: accuracy against {axis_name.rsplit('.', 1)[-1]} (mean ± sd over n seeds)")
     figure.tight_layout()
     return _save(figure, options, options.param.rsplit(".", 1)[-1] if options.param != "gamma" else "gamma")
+
+
+def _label_runs_per_point(axis: plt.Axes, panel: pd.DataFrame) -> None:
+    """Tick labels under each swept value carry n, the finished runs (seeds) behind its points — a
+    range when lines differ — so a point of one seed is never read as a mean of three."""
+    per_line = panel.groupby(["x", "method", "attack"]).size().groupby(level="x").agg(["min", "max"])
+    text = {x: f"{value_text(x)}\nn={low}" + (f"–{high}" if high > low else "")
+            for x, (low, high) in per_line.iterrows()}
+    if pd.api.types.is_numeric_dtype(panel["x"]):
+        axis.set_xticks(list(text), labels=list(text.values()))
+    else:
+        axis.figure.canvas.draw()
+        ticks = [(tick, label.get_text()) for tick, label in zip(axis.get_xticks(), axis.get_xticklabels())]
+        axis.set_xticks([tick for tick, _ in ticks], labels=[text.get(label, label) for _, label in ticks])
 
 
 PROBES = {"probe_clean": ("Clean", "Avg"), "probe_pgd20": ("PGD-20", "Avg"),
