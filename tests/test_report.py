@@ -15,6 +15,7 @@ import seaborn as sns
 
 from harness.cli import main
 from harness.report.collect import open_store
+from harness.report import plots
 from harness.report.plots import KINDS, PlotOptions, _label_runs_per_point, plot
 from harness.report.tables import build_table, choose_layout, render
 from tests.report_fixture import metrics_of, sweep_store, write_run
@@ -193,6 +194,26 @@ def test_plot_kinds_render_pngs_from_the_fixture_store(tmp_path):
          "samples.png"])
 
 
+def test_weights_plot_draws_finished_runs_one_panel_per_student(tmp_path, monkeypatch):
+    """A cell still running (one epoch logged) must not cut the seed-mean lines short."""
+    results = tmp_path / "results"
+    history = [{"epoch": e, "class_weights": [0.2, 0.3, 0.5]} for e in (1, 2, 3)]
+    scores = {"clean": (60.0, 30.0, 0.3), "pgd20": (40.0, 10.0, 0.6)}
+    for student in ("resnet8", "mobilenetv2"):
+        write_run(results, "ferd", 0, scores, student=student, history=history)
+    write_run(results, "ferd", 1, student="resnet8", state="running", history=history[:1])
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, options, stem: figures.append(figure) or [stem])
+    plot("weights", open_store("fix", results), PlotOptions(tmp_path / "out", formats=("png",)))
+    axes = figures[0].axes
+    assert sorted(axis.get_title() for axis in axes) == ["ferd · mobilenetv2: class weights p",
+                                                         "ferd · resnet8: class weights p"]
+    for axis in axes:
+        per_class = [line for line in axis.get_lines() if line.get_linestyle() == "-"]
+        assert len(per_class) == 3 and all(list(line.get_xdata()) == [1, 2, 3] for line in per_class)
+    plt.close(figures[0])
+
+
 def test_gamma_plot_tick_labels_give_the_runs_behind_each_value():
     """A swept value with one finished seed must not read like a mean of three."""
     rows = [(0.0, "ferd", 0), (0.0, "ferd", 1), (0.5, "ferd", 0), (0.0, "ferd (tau=2)", 0), (0.5, "ferd (tau=2)", 0)]
@@ -229,7 +250,7 @@ def test_table_and_plot_commands(main_store, tmp_path):
                          (("table", "fix", "--out", "t.xlsx"), "--out: cannot tell the format"),
                          (("table", "fix", "--attacks", "pgd50"), "--attacks: unknown attack 'pgd50'"),
                          (("table", "fix", "--layout", "gamma"), "layout 'gamma' needs runs that vary params.gamma"),
-                         (("plot", "weights", "fix"), "no run logged class weights"),
+                         (("plot", "weights", "fix"), "no finished run logged class weights"),
                          (("table", "../etc"), "not an experiment file or name")):
         result = harness(*bad, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -13,7 +13,7 @@ import pytest
 
 from harness.config import ExecutorSettings, SlurmSettings, load_experiment
 from harness.runner import plan
-from harness.runner.local import local_slots
+from harness.runner.local import POLL_SECONDS, local_slots
 from harness.runner.slurm import CellJob, SlurmExecutor, slurm_parameters
 from harness.store import RunLock, atomic_write_json, cell_state, read_status, write_status
 from tests.e2e import ROOT, harness_process, history_of, run_experiment, start_run, write_experiment
@@ -108,6 +108,17 @@ def test_runner_and_worker_killed_at_random_moments_lose_nothing(tmp_path, teach
                 {k: v for k, v in expected.items() if k != "seconds"}
         if folder in resumable:
             assert status["resumed"] is True and status["attempt"] >= 2, folder
+
+
+def test_grid_bar_in_a_log_file_redraws_on_change_not_on_every_poll(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, epochs=3, seeds=(0, 1))
+    started = time.time()
+    code, _, err = finish(harness_process("run", "exp.yaml", "--device", "cpu", cwd=tmp_path))
+    polls = (time.time() - started) / POLL_SECONDS
+    redraws = [line for line in err.splitlines() if line.startswith("grid:")]  # text mode: \r reads as \n
+    assert code == 0 and "done 2 failed 0" in redraws[-1]
+    # changes: each cell starts, passes 3 epochs, ends (+ the bar's own open/close): about a dozen
+    assert len(redraws) <= 20 < polls, (len(redraws), polls)
 
 
 def test_nan_run_fails_the_rest_completes_and_retry_reruns_only_it(tmp_path, teacher_checkpoint):

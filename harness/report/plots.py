@@ -39,6 +39,7 @@ TEACHER = "teacher"
 MAX_ANNOTATED_CLASSES = 10  # confusion cells carry their number up to this many classes
 MAX_LABELLED_CLASSES = 20  # beyond this, per-class plots draw lines and sparse ticks
 GALLERY_CLASSES = 10  # classes (rows) shown per method in the samples figure
+WEIGHT_PANELS_PER_ROW = 3  # class-weight panels per row in the weights figure; the comparison gets a row
 Figure = Callable[[Store, "PlotOptions"], list[Path]]
 
 
@@ -193,27 +194,33 @@ def _loss_weights(run: Run) -> bool:
 
 
 def weights(store: Store, options: PlotOptions) -> list[Path]:
-    """Fig. 4: FERD's class sampling weights p per epoch (mean over seeds; dashed: uniform 1/C) —
+    """Fig. 4, from finished runs (a panel per student when there are several): FERD's class
+    sampling weights p per epoch (mean over seeds; dashed: uniform 1/C) —
     Fair-ARD's loss weights ω (dashed: 1) — and per-class robustness of equal-weight vs reweighted
     runs when the experiment has both."""
     names = store.class_names()
     weighted: dict[str, list[np.ndarray]] = {}
     loss_weights: set[str] = set()
-    for run in store.runs:
+    several_students = len({run.student for run in store.finished()}) > 1
+    for run in store.finished():  # a running cell's few epochs would cut every seed's line short
         epochs = [line["class_weights"] for line in run.history if "class_weights" in line]
         if epochs and not _equal_weight(run):
-            weighted.setdefault(run.variant, []).append(np.asarray(epochs))
+            panel = f"{run.variant} · {run.student}" if several_students else run.variant
+            weighted.setdefault(panel, []).append(np.asarray(epochs))
             if _loss_weights(run):
-                loss_weights.add(run.variant)
+                loss_weights.add(panel)
     if not weighted:
-        raise HarnessError(f"{store.name}: no run logged class weights (FERD's history 'class_weights')")
+        raise HarnessError(f"{store.name}: no finished run logged class weights (FERD's history 'class_weights')")
     attack = _attacks(store, options, ("pgd20",))[0]
     compare = [run for run in store.finished() if _equal_weight(run) or run.variant in weighted]
     show_compare = any(_equal_weight(run) for run in compare) and len({r.variant for r in compare}) > 1
-    panels = len(weighted) + show_compare
-    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6), squeeze=False)
+    columns = min(len(weighted), WEIGHT_PANELS_PER_ROW)
+    rows = -(-len(weighted) // columns)
+    figure = plt.figure(figsize=(5.5 * columns, 3.6 * (rows + show_compare)), layout="constrained")
+    grid = figure.add_gridspec(rows + show_compare, columns)
+    weight_axes = [figure.add_subplot(grid[i // columns, i % columns]) for i in range(len(weighted))]
     class_colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
-    for axis, (variant, runs) in zip(axes[0], weighted.items()):
+    for axis, (variant, runs) in zip(weight_axes, weighted.items()):
         shortest = min(len(w) for w in runs)
         mean = np.mean([w[:shortest] for w in runs], axis=0)
         epochs = np.arange(1, shortest + 1)
@@ -227,18 +234,17 @@ def weights(store: Store, options: PlotOptions) -> list[Path]:
             axis.set(title=f"{variant}: class weights p", xlabel="epoch", ylabel="sampling weight")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(names) <= MAX_LABELLED_CLASSES:
-        axes[0, len(weighted) - 1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+        weight_axes[columns - 1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
     if show_compare:
         sub = Store(store.name, compare)
         data = _per_class_long(sub, [attack], with_teacher=False)
         colors = {k: v for k, v in palette(store).items() if k in set(data["who"])}
-        axis = axes[0, -1]
+        axis = figure.add_subplot(grid[rows, :])  # a full row: one group of bars per class
         sns.barplot(data, x="class", y="accuracy", hue="who", palette=colors, hue_order=list(colors), errorbar="sd",
                     ax=axis)
         axis.set(title=f"equal vs reweighted: {ATTACK_TITLES[attack]}", xlabel="", ylabel="accuracy (%)")
         axis.tick_params(axis="x", rotation=30)
         sns.move_legend(axis, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=7)
-    figure.tight_layout()
     return _save(figure, options, "weights")
 
 

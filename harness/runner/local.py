@@ -139,6 +139,7 @@ class LocalExecutor:
         pending, free = deque(jobs), list(self.slots)
         running: list[_Running] = []
         bar = tqdm(total=len(jobs), unit="run", desc="grid", disable=not progress or not jobs, dynamic_ncols=True)
+        shown = ""
         try:
             while pending or running:
                 while pending and free:
@@ -157,7 +158,10 @@ class LocalExecutor:
                         why = _last_line(item.job.run_dir / "worker.log", item.log_offset)
                         tqdm.write(f"interrupted: {item.job.run_dir}: {why}", file=sys.stderr)
                     bar.update(1)
-                bar.set_postfix_str(self._summary(outcome, running, len(pending)), refresh=True)
+                summary = self._summary(outcome, running, len(pending))
+                if summary != shown:  # redraw on change only: a log file gets a line per change, not per poll
+                    bar.set_postfix_str(summary, refresh=True)
+                    shown = summary
         except KeyboardInterrupt:
             self._terminate(running)
             raise
