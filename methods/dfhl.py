@@ -129,9 +129,14 @@ def smoothed_kl(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 def balance_term(student_logits: torch.Tensor, log10: bool = False) -> torch.Tensor:
-    """Σ_c p̄_c log p̄_c = −H(p̄), p̄ the batch-mean softmax; minimal when p̄ is uniform."""
-    mean = F.softmax(student_logits, dim=1).mean(dim=0)
-    value = torch.special.xlogy(mean, mean).sum()
+    """Σ_c p̄_c log p̄_c = −H(p̄), p̄ the batch-mean softmax; minimal when p̄ is uniform.
+
+    Computed from log p̄ = logsumexp_i log S_i − log N: when a saturated student gives a class
+    p̄_c = 0 in float32, that class adds 0 with a zero gradient (p log p on p̄ itself has a NaN
+    gradient there, which once turned a whole generator into NaN).
+    """
+    log_mean = torch.logsumexp(F.log_softmax(student_logits, dim=1), dim=0) - math.log(len(student_logits))
+    value = (log_mean.exp() * log_mean).sum()
     return value / math.log(10) if log10 else value
 
 

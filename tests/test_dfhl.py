@@ -57,6 +57,16 @@ def test_generator_loss_on_a_three_class_fixture():
     torch.testing.assert_close(generator_loss(student.log() + 5, targets, balance=3.0)[0], total)
 
 
+def test_balance_term_of_a_saturated_student_has_a_finite_gradient():
+    """Logit gaps of 200 make softmax give exact zeros in float32: −H(p̄) is then 0 (one class)."""
+    logits = torch.tensor([[0.0, 200.0, 0.0], [0.0, 300.0, 0.0]], requires_grad=True)
+    value = balance_term(logits)
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(logits.grad).all()
+    two_classes = torch.tensor([[200.0, 0.0, 0.0], [0.0, 200.0, 0.0]])  # p̄ = (½, ½, 0)
+    assert balance_term(two_classes).item() == pytest.approx(-math.log(2), abs=1e-6)
+
+
 def test_entropy_by_hand():
     logits = torch.stack([torch.tensor([0.5, 0.3, 0.2]).log(), torch.tensor([30.0, 0.0, 0.0])])  # 2nd: near one-hot
     expected = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))  # 1.0296530

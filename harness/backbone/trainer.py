@@ -190,6 +190,11 @@ class Trainer:
         return {f"probe_{name}": result.metrics(name)["avg"] for name in ("clean", "pgd20")} | {
             f"probe_{name}_worst": result.metrics(name)["worst"] for name in ("clean", "pgd20")}
 
+    def _check_finite(self, line: dict[str, Any]) -> None:
+        for name, value in line.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RunFailed(f"{name} became {value} at epoch {self.epoch + 1}")
+
     def train(self) -> None:
         schedule, seed = self.schedule, self.spec.settings.seed
         bar = tqdm(total=schedule.epochs, initial=self.epoch, desc=f"{self.spec.method}/{self.spec.settings.student}",
@@ -200,13 +205,12 @@ class Trainer:
             line: dict[str, Any] = {"epoch": self.epoch + 1}
             with self.cost.stage("synthesis"):
                 line |= self.method.synthesize(self.epoch)
+            self._check_finite(line)  # a diverged generator is named before its images reach the student
             if self.epoch >= schedule.warmup_epochs:
                 line |= self._student_steps(generator)
             with self.cost.stage("end_of_epoch"):
                 line |= self.method.end_of_epoch(self.epoch)
-            for name, value in line.items():
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise RunFailed(f"{name} became {value} at epoch {self.epoch + 1}")
+            self._check_finite(line)
             self.epoch += 1
             if self.epoch % schedule.history_every == 0 or self.epoch == schedule.epochs:
                 with self.cost.stage("probe"):
