@@ -214,6 +214,23 @@ def test_weights_plot_draws_finished_runs_one_panel_per_student(tmp_path, monkey
     plt.close(figures[0])
 
 
+def test_per_class_and_confusion_never_pool_two_students(main_store, tmp_path, monkeypatch):
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, options, stem: figures.update({stem: figure}) or [stem])
+    store, options = open_store("fix", main_store), PlotOptions(tmp_path / "out", formats=("png",))
+    plot("per-class", store, options)
+    plot("confusion", store, options)
+    panels = {axis.get_title(): axis for axis in figures["per-class"].axes}
+    assert set(panels) == {f"{a} · {s}" for a in ("Clean", "PGD-20") for s in ("resnet8", "mobilenetv2")}
+    for student, clean_avg in (("resnet8", 70.0), ("mobilenetv2", 75.0)):  # cmi: per class (40, avg, 100)
+        bars = [[round(bar.get_height(), 6) for bar in hue] for hue in panels[f"Clean · {student}"].containers]
+        assert [40.0, clean_avg, 100.0] in bars and [40.0, 72.5, 100.0] not in bars  # not their mean
+    titles = {axis.get_title() for axis in figures["confusion-clean"].axes if axis.get_visible()}
+    assert {"cmi · resnet8", "cmi · mobilenetv2", "ferd · resnet8", "noise · mobilenetv2"} <= titles
+    for figure in figures.values():
+        plt.close(figure)
+
+
 def test_gamma_plot_tick_labels_give_the_runs_behind_each_value():
     """A swept value with one finished seed must not read like a mean of three."""
     rows = [(0.0, "ferd", 0), (0.0, "ferd", 1), (0.5, "ferd", 0), (0.0, "ferd (tau=2)", 0), (0.5, "ferd (tau=2)", 0)]

@@ -12,6 +12,7 @@ teacher class). Each method keeps one colour in every figure (FERD red).
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import sys
 from collections.abc import Callable
@@ -104,51 +105,71 @@ def _teacher(store: Store) -> dict[str, Any] | None:
     return None
 
 
+def _students(store: Store) -> list[str]:
+    """The students of the finished runs, in reading order."""
+    return list(dict.fromkeys(run.student for run in store.finished()))
+
+
+def _panel_name(run: Run, several_students: bool) -> str:
+    """The run's variant, with its student when the figure holds several (never pooled across them)."""
+    return f"{run.variant} · {run.student}" if several_students else run.variant
+
+
 def _per_class_long(store: Store, attacks: list[str], with_teacher: bool) -> pd.DataFrame:
-    """One line per (variant or teacher, seed, attack, class): the class accuracy in percent."""
+    """One line per (variant or teacher, student, seed, attack, class): the class accuracy in percent.
+    The teacher's lines have no student (it is the same for all)."""
     names = store.class_names()
     rows = []
-    sources: list[tuple[str, int, dict[str, Any]]] = [(run.variant, run.seed, run.metrics) for run in store.finished()]
+    sources: list[tuple[str, str | None, int, dict[str, Any]]] = [
+        (run.variant, run.student, run.seed, run.metrics) for run in store.finished()]
     teacher = _teacher(store) if with_teacher else None
     if teacher:
-        sources.insert(0, (TEACHER, 0, teacher))
-    for who, seed, report in sources:
+        sources.insert(0, (TEACHER, None, 0, teacher))
+    for who, student, seed, report in sources:
         for attack in attacks:
             result = report["attacks"].get(attack)
             for c, accuracy in enumerate(result["per_class"] if result else []):
-                rows.append({"who": who, "seed": seed, "attack": attack, "class": names[c], "accuracy": accuracy})
+                rows.append({"who": who, "student": student, "seed": seed, "attack": attack, "class": names[c],
+                             "accuracy": accuracy})
     return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- figures
 def per_class(store: Store, options: PlotOptions) -> list[Path]:
-    """Fig. 1: class-wise accuracy of the teacher and each method, one panel per attack."""
+    """Fig. 1: class-wise accuracy of the teacher and each method (mean ± sd over seeds), one row
+    of panels per attack and one column per student."""
     attacks = _attacks(store, options)
     data = _per_class_long(store, attacks, with_teacher=True)
     colors = {k: v for k, v in palette(store, with_teacher=True).items() if k in set(data["who"])}
+    students = _students(store)
     classes = len(store.class_names())
     width = max(6.0, 0.09 * classes * len(colors)) if classes <= MAX_LABELLED_CLASSES else 10.0
-    figure, axes = plt.subplots(len(attacks), 1, figsize=(width, 2.8 * len(attacks)), squeeze=False, sharex=True,
-                                layout="constrained")
-    for axis, attack in zip(axes[:, 0], attacks):
-        panel = data[data["attack"] == attack]
+    figure, axes = plt.subplots(len(attacks), len(students), figsize=(width * len(students), 2.8 * len(attacks)),
+                                squeeze=False, sharex=True, sharey=True, layout="constrained")
+    legend_axis = axes[0, -1]
+    for (row, attack), (column, student) in itertools.product(enumerate(attacks), enumerate(students)):
+        axis = axes[row, column]
+        panel = data[(data["attack"] == attack) & ((data["student"] == student) | (data["who"] == TEACHER))]
         if classes <= MAX_LABELLED_CLASSES:
             sns.barplot(panel, x="class", y="accuracy", hue="who", palette=colors, hue_order=list(colors),
-                        errorbar="sd", err_kws={"linewidth": 0.8}, ax=axis, legend=axis is axes[0, 0])
+                        errorbar="sd", err_kws={"linewidth": 0.8}, ax=axis, legend=axis is legend_axis)
         else:
             sns.lineplot(panel, x="class", y="accuracy", hue="who", palette=colors, hue_order=list(colors),
-                         errorbar="sd", ax=axis, legend=axis is axes[0, 0], sort=False)
+                         errorbar="sd", ax=axis, legend=axis is legend_axis, sort=False)
             axis.set_xticks(range(0, classes, 10))
-        axis.set(title=ATTACK_TITLES[attack], xlabel="", ylabel="accuracy (%)", ylim=(0, 100))
+        title = ATTACK_TITLES[attack] + (f" · {student}" if len(students) > 1 else "")
+        axis.set(title=title, xlabel="", ylabel="accuracy (%)" if column == 0 else "", ylim=(0, 100))
         axis.grid(axis="y", alpha=0.3)
-    axes[-1, 0].tick_params(axis="x", rotation=30 if classes <= MAX_LABELLED_CLASSES else 0)
-    sns.move_legend(axes[0, 0], "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False)
+    for axis in axes[-1]:
+        axis.tick_params(axis="x", rotation=30 if classes <= MAX_LABELLED_CLASSES else 0)
+    sns.move_legend(legend_axis, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False)
     figure.suptitle(f"{store.name}: per-class accuracy")
     return _save(figure, options, "per-class")
 
 
 def confusion(store: Store, options: PlotOptions) -> list[Path]:
-    """Figs. 2, 9: row-normalised confusion matrices (percent of each true class), seeds summed."""
+    """Figs. 2, 9: row-normalised confusion matrices (percent of each true class), seeds summed, a
+    matrix per variant and student."""
     names = store.class_names()
     paths = []
     for attack in _attacks(store, options):
@@ -156,11 +177,13 @@ def confusion(store: Store, options: PlotOptions) -> list[Path]:
         teacher = _teacher(store)
         if teacher and attack in teacher["attacks"]:
             matrices[TEACHER] = np.asarray(teacher["attacks"][attack]["confusion"], dtype=float)
+        several_students = len(_students(store)) > 1
         for run in store.finished():
             result = run.metrics["attacks"].get(attack)
             if result:
                 counts = np.asarray(result["confusion"], dtype=float)
-                matrices[run.variant] = matrices.get(run.variant, 0) + counts
+                name = _panel_name(run, several_students)
+                matrices[name] = matrices.get(name, 0) + counts
         columns = min(4, len(matrices))
         rows = math.ceil(len(matrices) / columns)
         side = 3.2 if len(names) <= MAX_ANNOTATED_CLASSES else 4.0
@@ -196,28 +219,32 @@ def _loss_weights(run: Run) -> bool:
 def weights(store: Store, options: PlotOptions) -> list[Path]:
     """Fig. 4, from finished runs (a panel per student when there are several): FERD's class
     sampling weights p per epoch (mean over seeds; dashed: uniform 1/C) —
-    Fair-ARD's loss weights ω (dashed: 1) — and per-class robustness of equal-weight vs reweighted
-    runs when the experiment has both."""
+    Fair-ARD's loss weights ω (dashed: 1) — and, a row per student that has both, per-class
+    robustness of equal-weight vs reweighted runs."""
     names = store.class_names()
     weighted: dict[str, list[np.ndarray]] = {}
     loss_weights: set[str] = set()
-    several_students = len({run.student for run in store.finished()}) > 1
+    several_students = len(_students(store)) > 1
     for run in store.finished():  # a running cell's few epochs would cut every seed's line short
         epochs = [line["class_weights"] for line in run.history if "class_weights" in line]
         if epochs and not _equal_weight(run):
-            panel = f"{run.variant} · {run.student}" if several_students else run.variant
+            panel = _panel_name(run, several_students)
             weighted.setdefault(panel, []).append(np.asarray(epochs))
             if _loss_weights(run):
                 loss_weights.add(panel)
     if not weighted:
         raise HarnessError(f"{store.name}: no finished run logged class weights (FERD's history 'class_weights')")
     attack = _attacks(store, options, ("pgd20",))[0]
-    compare = [run for run in store.finished() if _equal_weight(run) or run.variant in weighted]
-    show_compare = any(_equal_weight(run) for run in compare) and len({r.variant for r in compare}) > 1
+    comparisons: dict[str, list[Run]] = {}
+    for student in _students(store):
+        runs = [run for run in store.finished() if run.student == student
+                and (_equal_weight(run) or _panel_name(run, several_students) in weighted)]
+        if any(_equal_weight(run) for run in runs) and len({run.variant for run in runs}) > 1:
+            comparisons[student] = runs
     columns = min(len(weighted), WEIGHT_PANELS_PER_ROW)
     rows = -(-len(weighted) // columns)
-    figure = plt.figure(figsize=(5.5 * columns, 3.6 * (rows + show_compare)), layout="constrained")
-    grid = figure.add_gridspec(rows + show_compare, columns)
+    figure = plt.figure(figsize=(5.5 * columns, 3.6 * (rows + len(comparisons))), layout="constrained")
+    grid = figure.add_gridspec(rows + len(comparisons), columns)
     weight_axes = [figure.add_subplot(grid[i // columns, i % columns]) for i in range(len(weighted))]
     class_colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
     for axis, (variant, runs) in zip(weight_axes, weighted.items()):
@@ -235,14 +262,14 @@ def weights(store: Store, options: PlotOptions) -> list[Path]:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(names) <= MAX_LABELLED_CLASSES:
         weight_axes[columns - 1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
-    if show_compare:
-        sub = Store(store.name, compare)
-        data = _per_class_long(sub, [attack], with_teacher=False)
+    for row, (student, runs) in enumerate(comparisons.items(), start=rows):
+        data = _per_class_long(Store(store.name, runs), [attack], with_teacher=False)
         colors = {k: v for k, v in palette(store).items() if k in set(data["who"])}
-        axis = figure.add_subplot(grid[rows, :])  # a full row: one group of bars per class
+        axis = figure.add_subplot(grid[row, :])  # a full row: one group of bars per class
         sns.barplot(data, x="class", y="accuracy", hue="who", palette=colors, hue_order=list(colors), errorbar="sd",
                     ax=axis)
-        axis.set(title=f"equal vs reweighted: {ATTACK_TITLES[attack]}", xlabel="", ylabel="accuracy (%)")
+        title = f"equal vs reweighted: {ATTACK_TITLES[attack]}" + (f" · {student}" if several_students else "")
+        axis.set(title=title, xlabel="", ylabel="accuracy (%)")
         axis.tick_params(axis="x", rotation=30)
         sns.move_legend(axis, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=7)
     return _save(figure, options, "weights")
