@@ -172,12 +172,12 @@ def confusion(store: Store, options: PlotOptions) -> list[Path]:
     matrix per variant and student."""
     names = store.class_names()
     paths = []
+    teacher = _teacher(store)
+    several_students = len(_students(store)) > 1
     for attack in _attacks(store, options):
         matrices: dict[str, np.ndarray] = {}
-        teacher = _teacher(store)
         if teacher and attack in teacher["attacks"]:
             matrices[TEACHER] = np.asarray(teacher["attacks"][attack]["confusion"], dtype=float)
-        several_students = len(_students(store)) > 1
         for run in store.finished():
             result = run.metrics["attacks"].get(attack)
             if result:
