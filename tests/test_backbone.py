@@ -12,7 +12,7 @@ from harness.backbone.bn_hooks import BNStatistics
 from harness.backbone.cost import Cost
 from harness.backbone.generator import Generator
 from harness.backbone.pool import ImagePool
-from harness.backbone.trainer import Trainer
+from harness.backbone.trainer import Trainer, cpu_name
 from harness.config import load_experiment
 from harness.data import get_dataset
 from harness.models import create_model
@@ -133,6 +133,7 @@ def test_run_writes_the_run_folder_and_skips_done_cells(tmp_path, teacher_checkp
     assert json.loads((folder / "status.json").read_text())["state"] == "done"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["attacks"]) == {"clean", "pgd20"} and metrics["n_eval"] == 40
+    assert json.loads((folder / "env.json").read_text())["device_name"]  # the CPU model on a CPU run
     cost = json.loads((folder / "cost.json").read_text())
     assert cost["teacher_forward_images"] == 2 * 2 * 16  # 2 student epochs x 2 steps x batch 16
     again = start_run(tmp_path)
@@ -183,3 +184,10 @@ def test_dfkd_schedule_skips_the_adversarial_step(tmp_path, teacher_checkpoint):
             seen.append(torch.equal(x, x_adv)) or trainer.student(x).sum() * 0)
         trainer._student_steps(torch.Generator().manual_seed(0))
         assert len(calls) == (2 if attacked else 0) and seen == [not attacked] * 2
+
+
+def test_cpu_name_reads_the_model_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n")
+    assert cpu_name(cpuinfo) == "Intel(R) Xeon(R) Processor"
+    assert cpu_name(tmp_path / "missing")  # falls back to the platform, never empty

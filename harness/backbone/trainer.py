@@ -51,6 +51,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU model, e.g. "Intel(R) Xeon(R) Processor" (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
@@ -59,7 +71,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         commit = None
     return {
         "git_commit": commit, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "host": socket.gethostname(), "threads": torch.get_num_threads(), "argv": sys.argv,
     }
 
