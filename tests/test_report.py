@@ -231,6 +231,26 @@ def test_per_class_and_confusion_never_pool_two_students(main_store, tmp_path, m
         plt.close(figure)
 
 
+def test_epochs_plot_has_a_row_per_student_and_no_band_below_zero(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    scores = {"clean": (60.0, 30.0, 0.3), "pgd20": (40.0, 10.0, 0.6)}
+    for student, offset in (("resnet8", 0.0), ("mobilenetv2", 30.0)):
+        for seed, worst in ((0, 0.0), (1, 8.0)):  # mean 4, sd 5.7: the band would reach -1.7
+            history = [{"epoch": e, "probe_clean": 40.0 + offset + e, "probe_pgd20": 20.0 + e,
+                        "probe_clean_worst": 10.0, "probe_pgd20_worst": worst} for e in (1, 2, 3)]
+            write_run(results, "cmi", seed, scores, student=student, history=history)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, options, stem: figures.append(figure) or [stem])
+    plot("epochs", open_store("fix", results), PlotOptions(tmp_path / "out", formats=("png",)))
+    panels = {axis.get_title(): axis for axis in figures[0].axes}
+    assert set(panels) == {f"{m} (held-out probe) · {s}" for m in ("Avg", "Worst") for s in ("resnet8", "mobilenetv2")}
+    for student, clean_at_1 in (("resnet8", 41.0), ("mobilenetv2", 71.0)):
+        lines = [list(line.get_ydata()) for line in panels[f"Avg (held-out probe) · {student}"].get_lines()]
+        assert [clean_at_1, clean_at_1 + 1, clean_at_1 + 2] in lines  # its own runs, not the two students' mean
+    assert all(axis.get_ylim()[0] == 0 for axis in panels.values())
+    plt.close(figures[0])
+
+
 def test_gamma_plot_tick_labels_give_the_runs_behind_each_value():
     """A swept value with one finished seed must not read like a mean of three."""
     rows = [(0.0, "ferd", 0), (0.0, "ferd", 1), (0.5, "ferd", 0), (0.0, "ferd (tau=2)", 0), (0.5, "ferd (tau=2)", 0)]

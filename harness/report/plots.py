@@ -340,27 +340,34 @@ PROBES = {"probe_clean": ("Clean", "Avg"), "probe_pgd20": ("PGD-20", "Avg"),
 
 
 def epochs(store: Store, options: PlotOptions) -> list[Path]:
-    """Fig. 8: the held-out probes (stratified training-split subset) against the epoch."""
+    """Fig. 8: the held-out probes (stratified training-split subset) against the epoch, a row of
+    panels per student (never pooled across them)."""
     rows = []
     for run in store.runs:
         for line in run.history:
-            rows += [{"epoch": line["epoch"], "variant": run.variant, "seed": run.seed, "attack": attack,
-                      "metric": metric, "accuracy": line[key]}
+            rows += [{"epoch": line["epoch"], "variant": run.variant, "student": run.student, "seed": run.seed,
+                      "attack": attack, "metric": metric, "accuracy": line[key]}
                      for key, (attack, metric) in PROBES.items() if line.get(key) is not None]
     data = pd.DataFrame(rows)
     if data.empty:
         raise HarnessError(f"{store.name}: no probe in any history.jsonl yet (schedule.history_every)")
     colors = {k: v for k, v in palette(store).items() if k in set(data["variant"])}
-    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
-    for axis, metric in zip(axes[0], ("Avg", "Worst")):
-        sns.lineplot(data[data["metric"] == metric], x="epoch", y="accuracy", hue="variant", style="attack",
-                     palette=colors, hue_order=list(colors), markers=True, errorbar="sd", ax=axis,
-                     legend=metric == "Worst")
-        axis.set(title=f"{metric} (held-out probe)", ylabel="accuracy (%)")
+    students = list(dict.fromkeys(data["student"]))
+    figure, axes = plt.subplots(len(students), 2, figsize=(11, 3.8 * len(students)), squeeze=False)
+    for (row, student), (column, metric) in itertools.product(enumerate(students), enumerate(("Avg", "Worst"))):
+        axis = axes[row, column]
+        panel = data[(data["metric"] == metric) & (data["student"] == student)]
+        sns.lineplot(panel, x="epoch", y="accuracy", hue="variant", style="attack", palette=colors,
+                     hue_order=[v for v in colors if v in set(panel["variant"])], markers=True, errorbar="sd",
+                     ax=axis, legend=column == 1)
+        title = f"{metric} (held-out probe)" + (f" · {student}" if len(students) > 1 else "")
+        axis.set(title=title, ylabel="accuracy (%)")
+        axis.set_ylim(bottom=0)  # a mean − sd band below 0 % is not an accuracy
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-    sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=7)
-    figure.suptitle(f"{store.name}: accuracy during training")
+        if column == 1:
+            sns.move_legend(axis, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=7)
+    figure.suptitle(f"{store.name}: accuracy during training (mean ± sd over seeds)")
     figure.tight_layout()
     return _save(figure, options, "epochs")
 
