@@ -251,6 +251,23 @@ def test_epochs_plot_has_a_row_per_student_and_no_band_below_zero(tmp_path, monk
     plt.close(figures[0])
 
 
+def test_gamma_plot_has_a_row_per_student(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    for student, pgd_avg in (("resnet8", 30.0), ("mobilenetv2", 50.0)):
+        for gamma in (0.0, 0.5):
+            write_run(results, "ferd", 0, {"clean": (60.0, 30.0, 0.3), "pgd20": (pgd_avg + gamma, 10.0, 0.6)},
+                      student=student, params={"gamma": gamma})
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, options, stem: figures.append(figure) or [stem])
+    plot("gamma", open_store("fix", results), PlotOptions(tmp_path / "out", formats=("png",)))
+    panels = {axis.get_title(): axis for axis in figures[0].axes}
+    assert set(panels) == {f"{m} · {s}" for m in ("Avg", "Worst") for s in ("resnet8", "mobilenetv2")}
+    for student, pgd_avg in (("resnet8", 30.0), ("mobilenetv2", 50.0)):
+        lines = [list(line.get_ydata()) for line in panels[f"Avg · {student}"].get_lines()]
+        assert [pgd_avg, pgd_avg + 0.5] in lines  # its own runs, not the two students' mean
+    plt.close(figures[0])
+
+
 def test_gamma_plot_tick_labels_give_the_runs_behind_each_value():
     """A swept value with one finished seed must not read like a mean of three."""
     rows = [(0.0, "ferd", 0), (0.0, "ferd", 1), (0.5, "ferd", 0), (0.0, "ferd (tau=2)", 0), (0.5, "ferd (tau=2)", 0)]

@@ -285,7 +285,8 @@ def _axis_name(store: Store, param: str) -> str:
 
 
 def gamma(store: Store, options: PlotOptions) -> list[Path]:
-    """Fig. 5: Avg and Worst accuracy against γ (or ``--param``), a line per attack and method."""
+    """Fig. 5: Avg and Worst accuracy against γ (or ``--param``), a line per attack and method, a row
+    of panels per student."""
     axis_name = _axis_name(store, options.param)
     attacks = _attacks(store, options, ("clean", "pgd20"))
     rows = []
@@ -296,7 +297,7 @@ def gamma(store: Store, options: PlotOptions) -> list[Path]:
             result = run.metrics["attacks"].get(attack)
             if result:
                 rows += [{"x": run.axes[axis_name], "method": run.label(without=(axis_name,)),
-                          "attack": ATTACK_TITLES[attack],
+                          "student": run.student, "attack": ATTACK_TITLES[attack],
                           "metric": metric, "accuracy": result[key]}
                          for metric, key in (("Avg", "avg"), ("Worst", "worst"))]
     data = pd.DataFrame(rows)
@@ -304,18 +305,22 @@ def gamma(store: Store, options: PlotOptions) -> list[Path]:
         raise HarnessError(f"{store.name}: no finished run varies {axis_name}")
     if not pd.api.types.is_numeric_dtype(data["x"]):
         data["x"] = data["x"].map(value_text)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
+    students = list(dict.fromkeys(data["student"]))
+    figure, axes = plt.subplots(len(students), 2, figsize=(10, 3.6 * len(students)), squeeze=False)
     colors = palette(store)
     lines = list(dict.fromkeys(data["method"]))
-    for axis, metric in zip(axes[0], ("Avg", "Worst")):
-        panel = data[data["metric"] == metric]
+    for (row, student), (column, metric) in itertools.product(enumerate(students), enumerate(("Avg", "Worst"))):
+        axis = axes[row, column]
+        panel = data[(data["metric"] == metric) & (data["student"] == student)]
         sns.lineplot(panel, x="x", y="accuracy", hue="method", style="attack", markers=True, errorbar="sd",
                      palette={line: colors.get(line, FAMILY_COLORS["ferd"]) for line in lines}, ax=axis,
-                     legend=metric == "Worst")
-        axis.set(title=metric, xlabel=axis_name.rsplit(".", 1)[-1].replace("gamma", "γ"), ylabel="accuracy (%)")
+                     legend=column == 1)
+        axis.set(title=metric + (f" · {student}" if len(students) > 1 else ""),
+                 xlabel=axis_name.rsplit(".", 1)[-1].replace("gamma", "γ"), ylabel="accuracy (%)")
         axis.grid(alpha=0.3)
         _label_runs_per_point(axis, panel)
-    sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=7)
+        if column == 1:
+            sns.move_legend(axis, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=7)
     figure.suptitle(f"{store.name}: accuracy against {axis_name.rsplit('.', 1)[-1]} (mean ± sd over n seeds)")
     figure.tight_layout()
     return _save(figure, options, options.param.rsplit(".", 1)[-1] if options.param != "gamma" else "gamma")
