@@ -231,6 +231,14 @@ def test_per_class_and_confusion_never_pool_two_students(main_store, tmp_path, m
         plt.close(figure)
 
 
+def _panels_by_title(kind: str, results, tmp_path, monkeypatch) -> dict:
+    """The axes of the ``kind`` figure drawn from ``results``, by title (nothing written)."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, options, stem: figures.append(figure) or [stem])
+    plot(kind, open_store("fix", results), PlotOptions(tmp_path / "out", formats=("png",)))
+    return {axis.get_title(): axis for axis in figures[0].axes}
+
+
 def test_epochs_plot_has_a_row_per_student_and_no_band_below_zero(tmp_path, monkeypatch):
     results = tmp_path / "results"
     scores = {"clean": (60.0, 30.0, 0.3), "pgd20": (40.0, 10.0, 0.6)}
@@ -239,16 +247,13 @@ def test_epochs_plot_has_a_row_per_student_and_no_band_below_zero(tmp_path, monk
             history = [{"epoch": e, "probe_clean": 40.0 + offset + e, "probe_pgd20": 20.0 + e,
                         "probe_clean_worst": 10.0, "probe_pgd20_worst": worst} for e in (1, 2, 3)]
             write_run(results, "cmi", seed, scores, student=student, history=history)
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda figure, options, stem: figures.append(figure) or [stem])
-    plot("epochs", open_store("fix", results), PlotOptions(tmp_path / "out", formats=("png",)))
-    panels = {axis.get_title(): axis for axis in figures[0].axes}
+    panels = _panels_by_title("epochs", results, tmp_path, monkeypatch)
     assert set(panels) == {f"{m} (held-out probe) · {s}" for m in ("Avg", "Worst") for s in ("resnet8", "mobilenetv2")}
     for student, clean_at_1 in (("resnet8", 41.0), ("mobilenetv2", 71.0)):
         lines = [list(line.get_ydata()) for line in panels[f"Avg (held-out probe) · {student}"].get_lines()]
         assert [clean_at_1, clean_at_1 + 1, clean_at_1 + 2] in lines  # its own runs, not the two students' mean
     assert all(axis.get_ylim()[0] == 0 for axis in panels.values())
-    plt.close(figures[0])
+    plt.close("all")
 
 
 def test_gamma_plot_has_a_row_per_student(tmp_path, monkeypatch):
@@ -257,15 +262,12 @@ def test_gamma_plot_has_a_row_per_student(tmp_path, monkeypatch):
         for gamma in (0.0, 0.5):
             write_run(results, "ferd", 0, {"clean": (60.0, 30.0, 0.3), "pgd20": (pgd_avg + gamma, 10.0, 0.6)},
                       student=student, params={"gamma": gamma})
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda figure, options, stem: figures.append(figure) or [stem])
-    plot("gamma", open_store("fix", results), PlotOptions(tmp_path / "out", formats=("png",)))
-    panels = {axis.get_title(): axis for axis in figures[0].axes}
+    panels = _panels_by_title("gamma", results, tmp_path, monkeypatch)
     assert set(panels) == {f"{m} · {s}" for m in ("Avg", "Worst") for s in ("resnet8", "mobilenetv2")}
     for student, pgd_avg in (("resnet8", 30.0), ("mobilenetv2", 50.0)):
         lines = [list(line.get_ydata()) for line in panels[f"Avg · {student}"].get_lines()]
         assert [pgd_avg, pgd_avg + 0.5] in lines  # its own runs, not the two students' mean
-    plt.close(figures[0])
+    plt.close("all")
 
 
 def test_gamma_plot_tick_labels_give_the_runs_behind_each_value():
