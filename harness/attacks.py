@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.backbone.devices import rand
 from harness.errors import HarnessError
 from harness.registry import Registry
 
@@ -75,10 +76,14 @@ def pgd(
     random_start: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """PGD-k: uniform random start in the ε-ball, ``steps`` signed steps maximising ``objective``."""
+    """PGD-k: uniform random start in the ε-ball, ``steps`` signed steps maximising ``objective``.
+
+    The start is drawn on the CPU (from ``generator``, a CPU generator) and moved to ``x``'s device,
+    so a seed gives the same start on every device.
+    """
     x_adv = x.clone()
     if random_start:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = project(x + epsilon * (2 * noise - 1), x, epsilon)
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -150,8 +155,8 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).argmax(dim=1)
 
 
-def _seeded(x: torch.Tensor, seed: int) -> torch.Generator:
-    return torch.Generator(device=x.device).manual_seed(seed)
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)  # on the CPU, whatever the device of the batch
 
 
 ATTACKS: Registry[EvalAttack] = Registry("attack")
@@ -159,10 +164,10 @@ for _attack in (
     EvalAttack("clean", "Clean", lambda m, x, y, c: _predict(m, x)),
     EvalAttack("fgsm", "FGSM", lambda m, x, y, c: _predict(m, fgsm(m, x, y, epsilon=c.epsilon))),
     EvalAttack("pgd20", "PGD-20", lambda m, x, y, c: _predict(m, pgd(
-        m, x, y, epsilon=c.epsilon, step_size=c.step_size, steps=20, generator=_seeded(x, c.seed)))),
+        m, x, y, epsilon=c.epsilon, step_size=c.step_size, steps=20, generator=_seeded(c.seed)))),
     EvalAttack("cw", "CW∞", lambda m, x, y, c: _predict(m, pgd(
         m, x, y, epsilon=c.epsilon, step_size=c.step_size, steps=20, objective=cw_margin_loss,
-        generator=_seeded(x, c.seed)))),
+        generator=_seeded(c.seed)))),
     EvalAttack("aa", "AA", lambda m, x, y, c: _autoattack(
         m, x, y, epsilon=c.epsilon, version=c.aa_version, seed=c.seed, batch_size=c.batch_size), whole_set=True),
 ):

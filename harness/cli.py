@@ -67,6 +67,47 @@ def validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cost_arguments(parser: argparse.ArgumentParser) -> None:
+    from harness.estimate import DEFAULT_GPU, PEAK_TFLOPS, SUSTAINED_FRACTION
+
+    gpus = ", ".join(f"{name} {peak:g}" for name, peak in PEAK_TFLOPS.items())
+    parser.add_argument("file", help="experiment YAML file")
+    parser.add_argument("--gpu", choices=tuple(PEAK_TFLOPS), default=None,
+                        help=f"GPU and precision whose throughput sets the GPU-hours (default {DEFAULT_GPU}): "
+                             f"{SUSTAINED_FRACTION:.0%} of the dense peak TFLOP/s of its data sheet ({gpus})")
+    parser.add_argument("--tflops", type=float, default=None,
+                        help="sustained TFLOP/s instead (e.g. the one benchmarks/gpu_smoke.py measured)")
+    parser.add_argument("--out", help="also write the per-cell numbers as JSON")
+
+
+@command("cost", "FLOPs, memory and GPU-hours of every cell of a grid, counted before launch", _cost_arguments)
+def cost(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from harness.config import load_experiment
+    from harness.estimate import cell_labels, estimate_cell, render, throughput
+    from harness.store import atomic_write_json
+
+    if args.tflops is not None and args.tflops <= 0:
+        raise HarnessError(f"--tflops: must be > 0, got {args.tflops}")
+    experiment = load_experiment(args.file)
+    tflops, basis = throughput(args.gpu, args.tflops)
+    labels = cell_labels(experiment.cells)
+    costs = [estimate_cell(spec, label) for spec, label in
+             tqdm(list(zip(experiment.cells, labels)), desc="counting", unit="cell", leave=False,
+                  disable=not sys.stderr.isatty())]
+    print(render(costs, tflops, basis), end="")
+    if args.out:
+        atomic_write_json(Path(args.out), {"throughput_tflops": tflops, "basis": basis,
+                                           "cells": [dataclasses.asdict(c) for c in costs]})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -118,6 +118,10 @@ class CellSettings:
     schedule: Schedule = Schedule()
     threat: ThreatModel = ThreatModel()
     eval: EvalSpec = EvalSpec()
+    precision: Literal["fp32", "bf16"] = param(
+        "fp32", key_at_default=False,
+        doc="bf16: autocast of the generator, student and training-attack passes; evaluation is always fp32")
+    compile: bool = param(False, key_at_default=False, doc="torch.compile the teacher and the student")
     data_root: str | None = param(None, doc="dataset folder; not part of the run key")
 
 

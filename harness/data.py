@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from harness.backbone.devices import place, randint
 from harness.errors import HarnessError
 from harness.registry import Registry, suggest
 
@@ -414,13 +415,13 @@ def augment_batch(x: torch.Tensor, info: DatasetInfo, generator: torch.Generator
     padded = F.pad(x, (pad,) * 4)
     n, channels, h, w = x.shape
     device = x.device
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(device)
+    dy = randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    dx = randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
     rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
     batch = torch.arange(n, device=device)[:, None, None, None]
     out = padded[batch, torch.arange(channels, device=device)[None, :, None, None], rows, cols]
     if info.hflip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+        flip = place(torch.rand(n, generator=generator) < 0.5, device)
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
     return out

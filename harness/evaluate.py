@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from harness.attacks import ATTACKS, AttackContext, attack_mode
+from harness.backbone.devices import full_precision, to_host
 from harness.data import stratified_indices
 from harness.metrics import summarize
 
@@ -95,7 +96,8 @@ def evaluate(
     """Evaluate ``model`` on a class-stratified subset of ``n_eval`` samples (all if None).
 
     ``dataset`` yields (image in [0,1], label) and has ``targets``; AutoAttack may use a
-    smaller stratified subset (``aa_n_eval``) of the evaluated samples.
+    smaller stratified subset (``aa_n_eval``) of the evaluated samples. Always in fp32: an
+    autocast region of the caller is switched off here.
     """
     for name in attacks:
         ATTACKS.get(name)
@@ -109,7 +111,7 @@ def evaluate(
                         n_eval=len(indices))
     model = model.to(device)
     ordered = ["clean", *[a for a in attacks if a != "clean"]]
-    with attack_mode(model):
+    with attack_mode(model), full_precision(device):
         for name in ordered:
             attack = ATTACKS.get(name)
             subset = indices
@@ -122,12 +124,12 @@ def evaluate(
             for batch, (x, y) in enumerate(loader):
                 x, y = x.to(device), y.to(device)
                 step = AttackContext(**{**context.__dict__, "seed": seed * 1_000_003 + batch})
-                predicted.append(attack.run(model, x, y, step).cpu())
-                labels.append(y.cpu())
+                predicted.append(attack.run(model, x, y, step))
+                labels.append(y)
                 bar.update(len(y))
             bar.close()
-            y_np = torch.cat(labels).numpy()
-            pred_np = torch.cat(predicted).numpy()
+            y_np = to_host(torch.cat(labels)).numpy()  # one transfer per attack, not per batch
+            pred_np = to_host(torch.cat(predicted)).numpy()
             if name != "clean":
                 clean = dict(zip(result.indices["clean"].tolist(), result.predictions["clean"].tolist()))
                 clean_pred = np.array([clean[i] for i in subset.tolist()])

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from harness.errors import HarnessError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(stream)`` into a temporary file beside ``path``, then rename it over ``path``:
+    readers see the old or the new file, never a part."""
     path = Path(path)
     temporary = None
     try:
@@ -23,7 +26,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -33,6 +36,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if isinstance(error, OSError):
             raise HarnessError(f"{path}: cannot write ({error.strerror})") from None
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda stream: stream.write(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -59,45 +67,129 @@ def write_status(run_dir: str | Path, **fields: Any) -> None:
     atomic_write_json(Path(run_dir) / STATUS, {**read_status(run_dir), **fields, "heartbeat": time.time()})
 
 
-class RunLock:
-    """An exclusive advisory lock on a run folder (``flock`` on ``.lock``), freed by the kernel when
-    its holder dies, so a killed worker never leaves a cell locked."""
+# errno values of a file system that has no flock (Lustre mounted without it, some NFS setups)
+FLOCK_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL})
+UNWRITTEN_OWNER_SECONDS = 30.0  # an owner file still empty this long after creation was left by a crash
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LOCK
+
+class FileLock:
+    """An exclusive advisory lock on ``path``.
+
+    ``flock`` where the file system has it: the kernel frees it when its holder dies, so a killed
+    process never leaves it held. Where ``flock`` fails with ENOSYS / EOPNOTSUPP / ENOLCK (Lustre
+    mounted without flock), an owner file ``<path>.owner`` created with O_EXCL and naming host and
+    pid stands in: it is taken over when its holder is a dead process on this host, or when it was
+    not refreshed (:meth:`refresh`, the worker's heartbeat) for ``STALE_AFTER`` seconds.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.owner = self.path.with_name(self.path.name + ".owner")
         self._handle: int | None = None
+        self._owns_file = False
+        self._fallback = False
 
     def acquire(self, wait: float = 0.0, poll: float = 0.1) -> bool:
         """Take the lock, waiting up to ``wait`` seconds; False if another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + wait
-        while True:
+        while not self._try():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+        return True
+
+    def _try(self) -> bool:
+        if self._fallback:
+            return self._try_owner_file()
+        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            return False
+        except OSError as error:
+            os.close(handle)
+            if error.errno not in FLOCK_UNSUPPORTED:
+                raise HarnessError(f"{self.path}: cannot lock ({error.strerror})") from None
+            self._fallback = True
+            return self._try_owner_file()
+        self._handle = handle
+        return True
+
+    def _try_owner_file(self) -> bool:
+        for _ in range(2):  # a second try after removing a stale owner
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(handle)
+                handle = os.open(self.owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if not self._owner_is_stale():
                     return False
-                time.sleep(poll)
+                self.owner.unlink(missing_ok=True)
                 continue
-            self._handle = handle
+            with os.fdopen(handle, "w") as stream:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid()}, stream)
+            self._owns_file = True
             return True
+        return False
+
+    def _owner_is_stale(self) -> bool:
+        try:
+            age = time.time() - self.owner.stat().st_mtime
+            owner = json.loads(self.owner.read_text() or "null")
+        except FileNotFoundError:
+            return True
+        except (OSError, json.JSONDecodeError):
+            owner = None
+        if not isinstance(owner, dict):  # created, not yet written, or left half-written by a crash
+            return age > UNWRITTEN_OWNER_SECONDS
+        if owner.get("host") == socket.gethostname():
+            return not _process_alive(owner.get("pid"))
+        return age > STALE_AFTER
+
+    def refresh(self) -> None:
+        """Mark the lock as still held (fallback mode only; flock needs nothing)."""
+        if self._owns_file:
+            try:
+                os.utime(self.owner)
+            except OSError:
+                pass
 
     def release(self) -> None:
         if self._handle is not None:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             os.close(self._handle)
             self._handle = None
+        if self._owns_file:
+            self.owner.unlink(missing_ok=True)
+            self._owns_file = False
 
     def held_elsewhere(self) -> bool:
         """Whether another process holds the lock right now (probes without keeping it)."""
-        if not self.path.exists():
+        if not self.path.exists() and not self.owner.exists():
             return False
         if self.acquire():
             self.release()
             return False
         return True
+
+
+def _process_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+class RunLock(FileLock):
+    """The lock of a run folder (``.lock`` inside it): a worker holds it while it runs the cell."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__(Path(run_dir) / LOCK)
 
 
 def cell_state(run_dir: str | Path) -> str:

@@ -24,12 +24,16 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from harness.errors import HarnessError
 from harness.store import RunLock, read_status, write_status
 
+if TYPE_CHECKING:
+    from harness.config import RunSpec
+
 BUSY = 75  # EX_TEMPFAIL: another live worker holds the cell
+WORKERS_PER_DEVICE = "HARNESS_WORKERS_PER_DEVICE"  # set by the local executor: jobs sharing this job's GPU
 FAILED = 1
 HEARTBEAT_SECONDS = float(os.environ.get("HARNESS_HEARTBEAT_SECONDS", "30"))
 LOCK_WAIT_SECONDS = 10.0
@@ -38,19 +42,41 @@ FRESH_FILES = ("checkpoints/last.pt", "metrics.json", "history.jsonl", "samples.
 
 
 class _Heartbeat(threading.Thread):
-    """Refreshes ``status.json``'s heartbeat every ``interval`` seconds until stopped."""
+    """Refreshes ``status.json``'s heartbeat (and the run lock, where it is an owner file) every
+    ``interval`` seconds until stopped."""
 
-    def __init__(self, run_dir: Path, interval: float) -> None:
+    def __init__(self, run_dir: Path, interval: float, lock: RunLock) -> None:
         super().__init__(daemon=True)
-        self.run_dir, self.interval = run_dir, interval
+        self.run_dir, self.interval, self.lock = run_dir, interval, lock
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
+                self.lock.refresh()
                 write_status(self.run_dir)
             except HarnessError:  # a full disk must not kill the training thread; the cell's own writes will fail
                 pass
+
+    def stop(self) -> None:
+        """Stop and wait for the thread: a refresh already in flight ends before the outcome is
+        written, so it can never overwrite done/failed with running."""
+        self.stopped.set()
+        if self.is_alive():
+            self.join()
+
+
+def _failure_reason(error: Exception, spec: RunSpec, device: str) -> str:
+    """One line for status.json; an out-of-memory error says what to change."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        schedule = spec.settings.schedule
+        sharing = os.environ.get(WORKERS_PER_DEVICE, "1")
+        return (f"out of memory on {device} at batch size {schedule.batch_size} with {sharing} worker(s) on this "
+                f"device: lower schedule.batch_size, or run fewer workers per GPU (--workers)")
+    message = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {message}"
 
 
 class Interrupted(BaseException):
@@ -86,20 +112,21 @@ def run_worker(run_dir: str | Path, device: str = "cpu", fresh: bool = False, pr
         write_status(run_dir, state="running", attempt=status.get("attempt", 0) + 1, host=socket.gethostname(),
                      pid=os.getpid(), device=device, started=time.time(), finished=None, error=None,
                      resumed=resumed)
-        heartbeat = _Heartbeat(run_dir, HEARTBEAT_SECONDS)
+        heartbeat = _Heartbeat(run_dir, HEARTBEAT_SECONDS, lock)
         heartbeat.start()
         try:
             train_cell(spec, run_dir, device, progress)
         except Interrupted as reason:
+            heartbeat.stop()
             write_status(run_dir, state="interrupted", error=f"interrupted by {reason}")
             raise
         except Exception as error:  # the cell failed; the grid goes on
-            message = " ".join(str(error).split()) or type(error).__name__
+            heartbeat.stop()
             (run_dir / "error.log").write_text(traceback.format_exc())
-            write_status(run_dir, state="failed", error=f"{type(error).__name__}: {message}", finished=time.time())
+            write_status(run_dir, state="failed", error=_failure_reason(error, spec, device), finished=time.time())
             return "failed"
         finally:
-            heartbeat.stopped.set()
+            heartbeat.stop()
         write_status(run_dir, state="done", finished=time.time())
         return "done"
     finally:

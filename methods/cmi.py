@@ -46,7 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.attacks import attack_mode
+from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
+from harness.backbone.devices import randint, randn, randperm
 from harness.backbone.distill import kl_divergence
 from harness.backbone.generator import Generator
 from harness.backbone.method import Method, MethodContext, register_method
@@ -100,18 +102,19 @@ def inversion_loss(
     lambda_bn: float,
     lambda_oh: float,
     lambda_adv: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_inv = λ_bn·L_bn + λ_oh·CE(T(x), y) + λ_adv·L_adv (METHODS.md §3, §4) and its terms.
 
-    ``student_logits`` None leaves out the adversarial term (λ_adv off).
+    ``student_logits`` None leaves out the adversarial term (λ_adv off). The terms stay detached
+    tensors on the device (read once per round).
     """
     loss_oh = F.cross_entropy(teacher_logits, labels)
     total = lambda_bn * loss_bn + lambda_oh * loss_oh
-    terms = {"bn": loss_bn.item(), "oh": loss_oh.item()}
+    terms = {"bn": loss_bn.detach(), "oh": loss_oh.detach()}
     if student_logits is not None:
         loss_adv = decision_adversarial_loss(teacher_logits, student_logits)
         total = total + lambda_adv * loss_adv
-        terms["adv"] = loss_adv.item()
+        terms["adv"] = loss_adv.detach()
     return total, terms
 
 
@@ -211,17 +214,17 @@ class MemoryBank:
     def add(self, global_features: torch.Tensor, local_features: torch.Tensor) -> None:
         pairs = torch.stack([global_features, local_features], dim=1).detach()[-len(self.data):]
         slots = (self.count + torch.arange(len(pairs))) % len(self.data)
-        self.data[slots.to(self.data.device)] = pairs
+        self.data[slots.to(self.data.device)] = pairs.to(self.data.dtype)  # bf16 under autocast: kept in fp32
         self.count += len(pairs)
 
     def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """min(k, stored) random pairs (global RNG) as (global, local), each k×D."""
-        index = torch.randperm(len(self))[:k].to(self.data.device)
+        index = randperm(len(self), device=self.data.device)[:k]
         pairs = self.data[index]
         return pairs[:, 0], pairs[:, 1]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"data": self.data[: len(self)].clone(), "count": self.count}
+        return {"data": self.data[: len(self)], "count": self.count}  # a view: torch.save copies what it writes
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.data.zero_()
@@ -255,10 +258,10 @@ class CMI(Method):
         self.head = ProjectionHead(self.means.dim, params.head_dim).to(device)
         self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=params.lr_head)
         self.bank = MemoryBank(params.bank_size, self.means.dim, device)
-        self.pool = ImagePool(context.pool_size, info)
+        self.pool = ImagePool(context.pool_size, info, context.device)
 
     def _loss(self, x: torch.Tensor,
-              labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+              labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """L = L_inv + λ_cr·L_cr on the two views of x; returns L, its terms and the (global, local) features."""
         p, ctx = self.params, self.ctx
         x_global, x_local = global_view(x, ctx.info), local_view(x, ctx.info.hflip)
@@ -275,7 +278,7 @@ class CMI(Method):
         anchors = self.head(torch.cat([local_features, cached_local]))
         keys = self.head(torch.cat([global_features, cached_global])).detach()
         loss_cr = info_nce(anchors, keys, p.temperature)
-        terms["cr"] = loss_cr.item()
+        terms["cr"] = loss_cr.detach()
         return loss + p.lambda_cr * loss_cr, terms, global_features.detach(), local_features.detach()
 
     def synthesize(self, epoch: int) -> dict[str, float]:
@@ -283,29 +286,32 @@ class CMI(Method):
         ctx, p = self.ctx, self.params
         n = ctx.batch_size
         self.generator.reset()
-        z = torch.randn(n, p.nz, device=ctx.device, requires_grad=True)
-        labels = torch.randint(0, ctx.info.num_classes, (n,), device=ctx.device)
+        z = randn((n, p.nz), device=ctx.device).requires_grad_(True)
+        labels = randint(0, ctx.info.num_classes, (n,), device=ctx.device)
         optimizer = torch.optim.Adam([*self.generator.parameters(), z], lr=p.lr_g, betas=ADAM_BETAS)
-        best_loss, best = math.inf, None
+        best = BestIterate()
         with attack_mode(ctx.student):
             for _ in range(max(1, ctx.generator_steps)):
                 x = self.generator(z)
                 loss, terms, global_features, local_features = self._loss(x, labels)
-                if loss.item() < best_loss or best is None:
-                    best_loss, best = loss.item(), (x.detach(), global_features, local_features, terms)
+                best.update(loss, terms, images=x, global_features=global_features, local_features=local_features)
                 optimizer.zero_grad(set_to_none=True)
                 self.head_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 self.head_optimizer.step()
-        images, global_features, local_features, terms = best
-        self.pool.add(images, labels)
-        self.bank.add(global_features, local_features)
+        self.pool.add(best["images"], labels)
+        self.bank.add(best["global_features"], best["local_features"])
         ctx.cost.images_synthesized += n
-        return {"gen_loss": best_loss} | {f"gen_{name}": value for name, value in terms.items()}
+        return {f"gen_{name}": value for name, value in best.numbers().items()}
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pool.sample(batch_size, generator, self.ctx.device)
+
+    def steady_state_for_estimate(self) -> None:
+        """A full pool and a full memory bank: each step then draws ``negatives`` cached pairs."""
+        super().steady_state_for_estimate()
+        self.bank.count = len(self.bank.data)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.state_dict(), "head": self.head.state_dict(),

@@ -49,7 +49,6 @@ and the cost is in cost.json; no per-dataset default is hidden in the plugin.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +56,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.attacks import attack_mode
+from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
+from harness.backbone.devices import randint, randn, to_float
 from harness.backbone.method import Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
 from harness.errors import HarnessError
@@ -123,18 +124,6 @@ def jitter_and_flip(x: torch.Tensor, fraction: float, flip: bool) -> torch.Tenso
     return x
 
 
-class BestIterate:
-    """The lowest-loss images seen so far, kept as a copy (never an alias of the parameters)."""
-
-    def __init__(self) -> None:
-        self.loss = math.inf
-        self.images: torch.Tensor | None = None
-
-    def update(self, loss: float, images: torch.Tensor) -> None:
-        if loss < self.loss:
-            self.loss, self.images = loss, images.detach().clone()
-
-
 @register_method("deepinv")
 class DeepInv(Method):
     """Model inversion by pixel optimisation: one batch per epoch, best iterate to the pool."""
@@ -148,13 +137,13 @@ class DeepInv(Method):
         if self.steps < 1:
             raise HarnessError("deepinv: set deepinv.inversion_steps or schedule.generator_steps >= 1")
         self.stats = BNStatistics(context.teacher)
-        self.pool = ImagePool(context.pool_size, context.info)
+        self.pool = ImagePool(context.pool_size, context.info, context.device)
 
     def synthesize(self, epoch: int) -> dict[str, float]:
         ctx, p, info = self.ctx, self.params, self.ctx.info
         shape = (ctx.batch_size, info.channels, info.image_size, info.image_size)
-        latent = torch.randn(shape, device=ctx.device).requires_grad_(True)
-        labels = torch.randint(0, info.num_classes, (ctx.batch_size,)).to(ctx.device)
+        latent = randn(shape, device=ctx.device).requires_grad_(True)
+        labels = randint(0, info.num_classes, (ctx.batch_size,), device=ctx.device)
         optimizer = torch.optim.Adam([latent], lr=p.lr, betas=p.betas)
         best = BestIterate()
         with attack_mode(ctx.student):
@@ -165,13 +154,13 @@ class DeepInv(Method):
                     teacher_logits = ctx.teacher(jittered)
                 student_logits = ctx.student(jittered) if p.lambda_adv > 0 else None
                 loss = deepinv_loss(p, self.stats.loss(), teacher_logits, student_logits, labels, images)
-                best.update(loss.item(), images)
+                best.update(loss, images=images)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-        self.pool.add(best.images, labels)
+        self.pool.add(best["images"], labels)
         ctx.cost.images_synthesized += len(labels)
-        return {"inversion_loss": best.loss}
+        return {"inversion_loss": to_float(best.loss)}
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pool.sample(batch_size, generator, device=self.ctx.device)

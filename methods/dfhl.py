@@ -86,6 +86,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.attacks import attack_mode
+from harness.backbone.best_iterate import BestIterate
+from harness.backbone.devices import randint, randn, to_host
 from harness.backbone.generator import Generator
 from harness.backbone.method import Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
@@ -191,7 +193,7 @@ def strong_augment(x: torch.Tensor, generator: torch.Generator, *, crop_min: flo
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if noise > 0:
-        out = out + noise * torch.randn(x.shape, generator=generator).to(x)
+        out = out + noise * randn(x.shape, generator=generator, device=x.device).to(x.dtype)
     return out.clamp(0.0, 1.0)
 
 
@@ -231,36 +233,38 @@ class DFHL(Method):
         super().__init__(params, context)
         info = context.info
         self.generator = Generator(params.nz, info.channels, info.image_size).to(context.device)
-        self.pool = ImagePool(context.pool_size, info)
-        self._diagnostics: dict[str, tuple[float, int]] = {}
+        self.pool = ImagePool(context.pool_size, info, context.device)
+        self._diagnostics: dict[str, list[torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ generation
-    def _round(self) -> dict[str, float]:
-        """One round: N_G Adam steps on (G, z) for L_G; the best iterate enters the pool with T's hard labels."""
+    def _round(self) -> dict[str, torch.Tensor]:
+        """One round: N_G Adam steps on (G, z) for L_G; the best iterate enters the pool with T's hard labels.
+
+        Its numbers stay on the device (``synthesize`` reads every round's at once)."""
         ctx, p = self.ctx, self.params
         n, num_classes = ctx.batch_size, ctx.info.num_classes
-        z = torch.randn(n, p.nz, device=ctx.device, requires_grad=True)
-        y = torch.randint(0, num_classes, (n,), device=ctx.device)
+        z = randn((n, p.nz), device=ctx.device).requires_grad_(True)
+        y = randint(0, num_classes, (n,), device=ctx.device)
         targets = smooth_one_hot(y, num_classes, p.smoothing)
         optimizer = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z], "lr": p.lr_z}],
                                      lr=p.lr_g, betas=ADAM_BETAS)
-        best: tuple[float, torch.Tensor, float, float] | None = None
+        best = BestIterate()
         for _ in range(p.n_g):
             x = self.generator(z)
             loss, kl, spread = generator_loss(ctx.student(global_view(x, ctx.info)), targets, balance=p.balance,
                                               log10=p.balance_log10)
-            if best is None or loss.item() < best[0]:
-                best = (loss.item(), x.detach(), kl.item(), spread.item())
+            best.update(loss, {"kl": kl, "balance": spread}, images=x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        best_loss, images, kl_value, spread_value = best
+        images = best["images"]
         with torch.no_grad():
             hard_labels = ctx.teacher(images).argmax(dim=1)  # the only teacher query of generation
         self.pool.add(images, hard_labels)
         ctx.cost.images_synthesized += n
-        return {"gen_loss": best_loss, "gen_kl": kl_value, "gen_balance": spread_value,
-                "gen_label_agreement": (hard_labels == y).float().mean().item()}
+        agreement = (hard_labels == y).float().mean()
+        loss, kl, spread = best["numbers"]
+        return {"gen_loss": loss, "gen_kl": kl, "gen_balance": spread, "gen_label_agreement": agreement}
 
     def synthesize(self, epoch: int) -> dict[str, float]:
         ctx, p = self.ctx, self.params
@@ -268,7 +272,9 @@ class DFHL(Method):
         self.generator.train()
         with attack_mode(ctx.student):
             logs = [self._round() for _ in range(rounds)]
-        return {key: sum(log[key] for log in logs) / rounds for key in logs[0]}
+        keys = list(logs[0])
+        values = to_host(torch.stack([torch.stack([log[key].float() for key in keys]) for log in logs])).double()
+        return {key: sum(row[i].item() for row in values) / rounds for i, key in enumerate(keys)}
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool images (random crop + natural flip) and their stored hard labels argmax T(image)."""
@@ -293,19 +299,22 @@ class DFHL(Method):
         if w < 1:
             hee_logits = student(x_adv)
             loss = loss + (1 - w) * hard_label_ce(hee_logits, hee_teacher)
-            self._record("hee_entropy", entropy(hee_logits.detach()).mean().item())
+            self._record("hee_entropy", entropy(hee_logits.detach()).mean())
         if w > 0:
             loss = loss + w * hard_label_ce(student(x), teacher_logits)
-        self._record("hee_label_change", (hee_teacher.argmax(1) != teacher_logits.argmax(1)).float().mean().item())
+        self._record("hee_label_change", (hee_teacher.argmax(1) != teacher_logits.argmax(1)).float().mean())
         return loss
 
-    def _record(self, name: str, value: float) -> None:
-        total, count = self._diagnostics.get(name, (0.0, 0))
-        self._diagnostics[name] = (total + value, count + 1)
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        """Keep a per-step diagnostic on the device; ``end_of_epoch`` reads them all at once."""
+        self._diagnostics.setdefault(name, []).append(value.detach().float())
 
     def end_of_epoch(self, epoch: int) -> dict[str, Any]:
         """The epoch's mean HEE diagnostics: student entropy on HEEs and how often T's label differs from x's."""
-        line = {name: total / count for name, (total, count) in self._diagnostics.items()}
+        line = {}
+        for name, values in self._diagnostics.items():
+            steps = to_host(torch.stack(values)).double().tolist()
+            line[name] = sum(steps) / len(steps)
         self._diagnostics = {}
         return line
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.attacks import attack_mode, cross_entropy_loss, pgd
+from harness.backbone.devices import to_host
 from harness.backbone.distill import kl_divergence
 from harness.backbone.method import Method, MethodContext, register_method
 from harness.data import augment_batch
@@ -157,8 +158,8 @@ class FairARD(Method):
         indices = self._order[self._cursor:self._cursor + batch_size]
         self._cursor += batch_size
         x, y = self._batch(indices)
-        x = augment_batch(x, self.ctx.info, generator)
-        return x.to(self.ctx.device), y.to(self.ctx.device)
+        x = augment_batch(x.to(self.ctx.device), self.ctx.info, generator)  # draws on the CPU generator
+        return x, y.to(self.ctx.device)
 
     def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator,
                     labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,8 +169,8 @@ class FairARD(Method):
             raise ValueError("fair-ard attacks need the labels of the training batch")
         x_adv, lps = pgd_with_lps(ctx.student, x, labels, epsilon=ctx.epsilon, step_size=ctx.step_size,
                                   steps=ctx.attack_steps, generator=generator)
-        self._epoch_lps.append(lps.cpu())
-        self._epoch_labels.append(labels.cpu())
+        self._epoch_lps.append(lps)  # on the device: end_of_epoch reads the epoch's tallies at once
+        self._epoch_labels.append(labels)
         return x_adv
 
     def student_loss(self, x: torch.Tensor, x_adv: torch.Tensor, teacher_logits: torch.Tensor,
@@ -186,8 +187,8 @@ class FairARD(Method):
 
     def end_of_epoch(self, epoch: int) -> dict[str, Any]:
         """κ_c of this epoch's attacks → ω for the next epoch (a class unseen keeps its κ)."""
-        labels = torch.cat(self._epoch_labels) if self._epoch_labels else torch.zeros(0, dtype=torch.long)
-        lps = torch.cat(self._epoch_lps) if self._epoch_lps else torch.zeros(0)
+        labels = to_host(torch.cat(self._epoch_labels)) if self._epoch_labels else torch.zeros(0, dtype=torch.long)
+        lps = to_host(torch.cat(self._epoch_lps)) if self._epoch_lps else torch.zeros(0)
         self.lps = class_means(lps, labels, self.lps)
         if self.params.beta > 0:
             self.class_weights = class_weights_from_lps(self.lps, self.params.beta, self.ctx.attack_steps,

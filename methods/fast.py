@@ -33,7 +33,6 @@ epoch 120 (``reset_l0``, not in the paper) is left out.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,9 @@ import torch
 from torch import nn
 
 from harness.attacks import attack_mode
+from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
+from harness.backbone.devices import randint, randn
 from harness.backbone.generator import Generator
 from harness.backbone.method import Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
@@ -75,7 +76,7 @@ def accumulate_grad(meta: nn.Module, fast: nn.Module) -> None:
 def meta_round(
     generator: nn.Module,
     z: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
+    loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]],
     *,
     steps: int,
     lr_g: float,
@@ -85,24 +86,25 @@ def meta_round(
 
     Clones G to G', runs ``steps`` Adam steps on (G', z) minimising ``loss_fn(G'(z))``, and
     leaves Σ_t ∇_{G'} L(G'_t) in G's .grad (previous values dropped) for the caller's meta
-    step. Returns the best iterate's images (detached), its loss and its terms.
+    step. Returns the best iterate's images (detached), its loss and its terms (read from the
+    device once, after the loop).
     """
     fast = copy.deepcopy(generator)
     optimizer = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": lr_z}], lr=lr_g,
                                  betas=ADAM_BETAS)
     generator.zero_grad(set_to_none=True)
-    best_loss, best = math.inf, None
+    best = BestIterate()
     for _ in range(steps):
         x = fast(z)
         loss, terms = loss_fn(x)
-        if loss.item() < best_loss or best is None:
-            best_loss, best = loss.item(), (x.detach(), terms)
+        best.update(loss, terms, images=x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         accumulate_grad(generator, fast)
         optimizer.step()
-    images, terms = best
-    return images, best_loss, terms
+    values = best.numbers()
+    best_loss = values.pop("loss")
+    return best["images"], best_loss, values
 
 
 @register_method("fast")
@@ -123,17 +125,17 @@ class Fast(Method):
         self.meta_optimizer = torch.optim.Adam(self.generator.parameters(), lr=params.lr_g * params.g_steps,
                                                betas=ADAM_BETAS)
         self.stats = BNStatistics(context.teacher, momentum=BN_MOMENTUM)
-        self.pool = ImagePool(context.pool_size, info)
+        self.pool = ImagePool(context.pool_size, info, context.device)
 
     def synthesize(self, epoch: int) -> dict[str, float]:
         """One meta round: g_steps inner steps from a clone of G, then one meta step on G."""
         ctx, p = self.ctx, self.params
         n = ctx.batch_size
-        z = torch.randn(n, p.nz, device=ctx.device, requires_grad=True)
-        labels = torch.randint(0, ctx.info.num_classes, (n,), device=ctx.device)
+        z = randn((n, p.nz), device=ctx.device).requires_grad_(True)
+        labels = randint(0, ctx.info.num_classes, (n,), device=ctx.device)
         adversarial = epoch >= ctx.warmup_epochs and p.lambda_adv > 0
 
-        def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             view = global_view(x, ctx.info)
             with self.stats.record():
                 teacher_logits = ctx.teacher(view)
@@ -162,4 +164,5 @@ class Fast(Method):
         self.pool.load_state_dict(state["pool"])
         self.generator.load_state_dict(state["generator"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        self.stats.previous = [(mean, var) for mean, var in state["bn_momentum"]] or None
+        device = self.ctx.device
+        self.stats.previous = [(mean.to(device), var.to(device)) for mean, var in state["bn_momentum"]] or None

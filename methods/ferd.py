@@ -135,7 +135,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.attacks import attack_mode, cross_entropy_loss, pgd
+from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
+from harness.backbone.devices import randn, randn_like, to_host
 from harness.backbone.distill import kl_divergence, kl_pgd
 from harness.backbone.generator import Generator
 from harness.backbone.method import Method, MethodContext, register_method
@@ -206,9 +208,9 @@ def class_means(values: torch.Tensor, labels: torch.Tensor, previous: torch.Tens
     With values = −m this is D_c of Eq. 2; with values = LPS it is Fair-ARD's κ_c.
     """
     previous = previous.to(torch.float64)
-    labels = labels.cpu()
+    labels = to_host(labels)
     counts = torch.bincount(labels, minlength=len(previous)).to(torch.float64)
-    sums = torch.zeros_like(previous).index_add_(0, labels, values.detach().cpu().to(torch.float64))
+    sums = torch.zeros_like(previous).index_add_(0, labels, to_host(values).to(torch.float64))
     return torch.where(counts > 0, sums / counts.clamp(min=1), previous)
 
 
@@ -303,18 +305,19 @@ def ib_objective(head: nn.Module | Any, features: torch.Tensor, labels: torch.Te
 
 
 def fit_bottleneck(head: Any, features: torch.Tensor, labels: torch.Tensor, *, steps: int, lr: float, beta: float,
-                   reduction: str = "sum") -> tuple[torch.Tensor, float]:
-    """Fit λ_r (init 0, Adam) on Z.detach() for ``steps`` steps, fresh ε each step; returns σ and the last L."""
+                   reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit λ_r (init 0, Adam) on Z.detach() for ``steps`` steps, fresh ε each step (drawn on the
+    CPU); returns σ and the last L (a detached device scalar: no host sync inside the fit)."""
     features = features.detach()
     lam = torch.zeros(*features.shape[:2], 1, 1, device=features.device, requires_grad=True)
     optimizer = torch.optim.Adam([lam], lr=lr)
-    value = math.nan
+    value = torch.full((), math.nan, device=features.device)
     for _ in range(steps):
-        loss = ib_objective(head, features, labels, lam, torch.randn_like(features), beta, reduction)
+        loss = ib_objective(head, features, labels, lam, randn_like(features), beta, reduction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        value = loss.item()
+        value = loss.detach()
     return F.softplus(lam.detach()), value
 
 
@@ -446,7 +449,7 @@ class FERD(Method):
         self.generator = Generator(params.nz, info.channels, info.image_size).to(device)
         self.generator_optimizer = self._new_generator_optimizer()
         self.stats = BNStatistics(context.teacher)
-        self.pool = ImagePool(context.pool_size, info)
+        self.pool = ImagePool(context.pool_size, info, context.device)
         c = info.num_classes
         self.class_weights = torch.full((c,), 1 / c, dtype=torch.float64)
         self.difficulty = torch.zeros(c, dtype=torch.float64)
@@ -461,8 +464,8 @@ class FERD(Method):
         self.utae_total = 0
 
     # ------------------------------------------------------------------ (a) generation
-    def _generator_loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_gen on one augmented view of x, and its terms."""
+    def _generator_loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_gen on one augmented view of x, and its terms (detached device scalars)."""
         ctx, p = self.ctx, self.params
         teacher = ctx.teacher
         view = global_view(x, ctx.info)
@@ -474,22 +477,22 @@ class FERD(Method):
         loss_bn = self.stats.loss()
         loss_oh = F.cross_entropy(teacher_logits, labels)
         total = p.lambda_bn * loss_bn + p.lambda_oh * loss_oh
-        terms = {"bn": loss_bn.item(), "oh": loss_oh.item()}
+        terms = {"bn": loss_bn.detach(), "oh": loss_oh.detach()}
         if p.lambda_adv > 0:
             loss_adv = generator_adversarial_loss(teacher_logits, ctx.student(view), p.adversarial_loss)
             total = total + p.lambda_adv * loss_adv
-            terms["adv"] = loss_adv.item()
+            terms["adv"] = loss_adv.detach()
         if p.lambda_uni > 0:
             head = lambda z: teacher.head(z, self.layer)  # noqa: E731
             sigma, ib_value = fit_bottleneck(head, features, labels, steps=p.ib_steps, lr=p.ib_lr, beta=p.ib_beta,
                                              reduction=p.ib_kl_reduction)
             reference = features.detach()
             if p.mask_variance == "noisy":
-                reference = reference + sigma * torch.randn_like(features)
+                reference = reference + sigma * randn_like(features)
             mask = nonrobust_mask(sigma, reference, p.mask_max)
             loss_uni = uniform_kl(head(mask * features))
             total = total + p.lambda_uni * loss_uni
-            terms |= {"uni": loss_uni.item(), "ib": ib_value, "mask": mask.mean().item()}
+            terms |= {"uni": loss_uni.detach(), "ib": ib_value, "mask": mask.mean()}
         return total, terms
 
     def _generate(self, labels: torch.Tensor) -> tuple[torch.Tensor, float, dict[str, float]]:
@@ -498,22 +501,22 @@ class FERD(Method):
         if p.reset_generator:
             self.generator.reset()
             self.generator_optimizer = self._new_generator_optimizer()
-        z = torch.randn(len(labels), p.nz, device=ctx.device, requires_grad=True)
+        z = randn((len(labels), p.nz), device=ctx.device).requires_grad_(True)
         z_optimizer = torch.optim.Adam([z], lr=p.lr_z, betas=ADAM_BETAS)
-        best_loss, best = math.inf, None
+        best = BestIterate()
         with attack_mode(ctx.student):
             for _ in range(max(1, ctx.generator_steps)):
                 x = self.generator(z)
                 loss, terms = self._generator_loss(x, labels)
-                if best is None or loss.item() < best_loss:
-                    best_loss, best = loss.item(), (x.detach(), terms)
+                best.update(loss, terms, images=x)
                 self.generator_optimizer.zero_grad(set_to_none=True)
                 z_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.generator_optimizer.step()
                 z_optimizer.step()
-        images, terms = best
-        return images, best_loss, terms
+        values = best.numbers()
+        best_loss = values.pop("loss")
+        return best["images"], best_loss, values
 
     # ------------------------------------------------------------------ (b) reweighting
     def _reweight(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -547,7 +550,7 @@ class FERD(Method):
         self.pool.add(images, labels)
         ctx.cost.images_synthesized += n
         self._reweight(images, labels)
-        counts = torch.bincount(labels.cpu(), minlength=ctx.info.num_classes)
+        counts = torch.bincount(to_host(labels), minlength=ctx.info.num_classes)
         return {"gen_loss": best_loss} | {f"gen_{name}": value for name, value in terms.items()} | {
             "class_weights": self.class_weights.tolist(), "class_difficulty": self.difficulty.tolist(),
             "class_lps": self.lps.tolist(), "class_counts": counts.tolist()}
@@ -566,9 +569,10 @@ class FERD(Method):
         x_u = utae(model, x, teacher_logits, epsilon=ctx.epsilon, step_size=ctx.step_size, steps=ctx.attack_steps,
                    gamma=self.params.gamma, generator=generator)
         with attack_mode(model), torch.no_grad():
-            predicted = model(x_u).argmax(1).cpu()
-        reference = teacher_logits.argmax(1).cpu()
-        self.utae_targets += torch.bincount(predicted[predicted != reference], minlength=len(self.utae_targets))
+            predicted = model(x_u).argmax(1)
+        wrong = predicted != teacher_logits.argmax(1)
+        classes = len(self.utae_targets)  # a histogram without bincount: the tally stays on the device
+        self.utae_targets = self.utae_targets.to(x_u.device) + (F.one_hot(predicted, classes) * wrong[:, None]).sum(0)
         self.utae_total += len(x_u)
         return x_u
 
@@ -582,7 +586,7 @@ class FERD(Method):
         """The attack-target entropy of the epoch's UTAEs (nothing in warm-up epochs)."""
         if not self.utae_total:
             return {}
-        histogram = self.utae_targets.numpy()
+        histogram = to_host(self.utae_targets).numpy()
         line = {"utae_target_entropy": normalized_entropy(histogram),
                 "utae_misclassified": float(histogram.sum() / self.utae_total)}
         self._reset_utae_log()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.backbone.devices import rand
 from harness.backbone.method import Method, register_method
 
 
@@ -21,4 +22,4 @@ class NoiseControl(Method):
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
         info = self.ctx.info
         shape = (batch_size, info.channels, info.image_size, info.image_size)
-        return torch.rand(shape, generator=generator).to(self.ctx.device), None
+        return rand(shape, generator=generator, device=self.ctx.device), None

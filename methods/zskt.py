@@ -50,6 +50,7 @@ from torch import nn
 
 from harness.attacks import attack_mode
 from harness.backbone.distill import kl_divergence, rslad_loss
+from harness.backbone.devices import randn, to_host
 from harness.backbone.generator import Generator
 from harness.backbone.method import Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
@@ -118,7 +119,7 @@ class ZSKT(Method):
         info = context.info
         self.generator = Generator(params.nz, info.channels, info.image_size, params.width).to(context.device)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=params.lr)
-        self.pool = ImagePool(context.pool_size, info)
+        self.pool = ImagePool(context.pool_size, info, context.device)
 
     @classmethod
     def default_params(cls, dataset: str) -> Params:
@@ -137,11 +138,11 @@ class ZSKT(Method):
     def synthesize(self, epoch: int) -> dict[str, float]:
         ctx, n_g = self.ctx, self.params.n_g
         rounds = math.ceil(ctx.generator_steps / n_g)
-        divergences = []
+        divergences = []  # −L_G of every step, kept on the device and read once
         self.generator.train()
         with attack_mode(ctx.student):
             for _ in range(rounds):
-                z = torch.randn(ctx.batch_size, self.params.nz, device=ctx.device)
+                z = randn((ctx.batch_size, self.params.nz), device=ctx.device)
                 for _ in range(n_g):
                     x = self.generator(z)
                     loss = generator_loss(ctx.teacher(x), ctx.student(x))
@@ -150,11 +151,12 @@ class ZSKT(Method):
                     if self.params.grad_clip > 0:
                         nn.utils.clip_grad_norm_(self.generator.parameters(), self.params.grad_clip)
                     self.optimizer.step()
-                    divergences.append(-loss.item())
+                    divergences.append(-loss.detach().float())
                 with torch.no_grad():
                     self.pool.add(self.generator(z))
                 ctx.cost.images_synthesized += len(z)
-        return {"generator_kl": sum(divergences) / len(divergences)}
+        steps = to_host(torch.stack(divergences)).double().tolist()
+        return {"generator_kl": sum(steps) / len(steps)}
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
         images, _ = self.pool.sample(batch_size, generator, device=self.ctx.device)

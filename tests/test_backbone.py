@@ -82,13 +82,38 @@ def test_pool_is_bounded_fifo_and_samples_in_range():
     pool.add(torch.zeros(6, 3, 16, 16), torch.arange(6))
     pool.add(torch.ones(6, 3, 16, 16))
     assert len(pool) == 10
-    assert pool.labels.tolist() == [2, 3, 4, 5] + [-1] * 6
+    # a ring: the second batch fills slots 6–9, then overwrites the two oldest (slots 0, 1)
+    assert pool.labels.tolist() == [-1, -1, 2, 3, 4, 5, -1, -1, -1, -1]
+    assert pool.images[:2].eq(1).all() and pool.images[2:6].eq(0).all() and pool.images[6:].eq(1).all()
     x, y = pool.sample(32, torch.Generator().manual_seed(0), augment=False)
     assert x.dtype == torch.float32 and x.shape == (32, 3, 16, 16)
     assert set(x.flatten().unique().tolist()) <= {0.0, 1.0}
     restored = ImagePool(capacity=10, info=info)
     restored.load_state_dict(pool.state_dict())
     assert torch.equal(restored.images, pool.images)
+    pool.add(torch.full((3, 3, 16, 16), 0.5), torch.tensor([7, 8, 9]))
+    restored.add(torch.full((3, 3, 16, 16), 0.5), torch.tensor([7, 8, 9]))  # continues where the saved pool was
+    assert torch.equal(restored.labels, pool.labels) and pool.labels[2:5].tolist() == [7, 8, 9]
+    big = ImagePool(capacity=4, info=info)
+    big.add(torch.rand(9, 3, 16, 16), torch.arange(9))  # larger than the pool: its newest images stay
+    assert sorted(big.labels.tolist()) == [5, 6, 7, 8]
+
+
+def test_pool_writes_in_place_on_its_device():
+    """The pool is preallocated where the student trains: adding never copies it, sampling never leaves it."""
+    info = get_dataset("synthetic")
+    on_cpu = ImagePool(capacity=8, info=info)
+    on_cpu.add(torch.rand(3, 3, 16, 16))
+    storage = on_cpu.images.untyped_storage().data_ptr()
+    for _ in range(4):
+        on_cpu.add(torch.rand(3, 3, 16, 16))
+    assert on_cpu.images.untyped_storage().data_ptr() == storage
+    pool = ImagePool(capacity=8, info=info, device="meta")
+    pool.add(torch.rand(3, 3, 16, 16), torch.arange(3))  # a CPU batch lands on the pool's device
+    pool.add(torch.rand(3, 3, 16, 16).to("meta"))
+    assert pool.images.device.type == "meta"
+    x, y = pool.sample(4, torch.Generator().manual_seed(0))
+    assert x.device.type == "meta" and y.device.type == "meta" and x.dtype == torch.float32
 
 
 def test_cost_counts_teacher_queries():

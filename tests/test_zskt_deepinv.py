@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import methods.deepinv as deepinv
+from harness.backbone.best_iterate import BestIterate
 from harness.backbone.cost import Cost
 from harness.backbone.method import MethodContext
 from harness.data import get_dataset
@@ -149,16 +150,18 @@ def test_deepinv_loss_combines_its_terms():
     assert deepinv.deepinv_loss(no_adv, torch.tensor(0.0), teacher_logits, None, labels, images).isfinite()
 
 
-def test_best_iterate_is_a_copy():
-    best = deepinv.BestIterate()
+def test_best_iterate_is_a_copy_and_keeps_the_lowest_loss():
+    best = BestIterate()
     x = torch.zeros(2, 3)
-    best.update(2.0, x)
+    best.update(torch.tensor(2.0), {"term": torch.tensor(5.0)}, images=x)
     x.add_(1.0)  # the parameters move on: the kept images must not
-    assert torch.equal(best.images, torch.zeros(2, 3))
-    best.update(3.0, x)
-    assert best.loss == 2.0 and torch.equal(best.images, torch.zeros(2, 3))
-    best.update(1.0, x)
-    assert best.loss == 1.0 and torch.equal(best.images, torch.ones(2, 3))
+    assert torch.equal(best["images"], torch.zeros(2, 3))
+    best.update(torch.tensor(3.0), {"term": torch.tensor(6.0)}, images=x)
+    assert best.numbers() == {"loss": 2.0, "term": 5.0} and torch.equal(best["images"], torch.zeros(2, 3))
+    best.update(torch.tensor(float("nan")), {"term": torch.tensor(7.0)}, images=x)  # NaN never replaces
+    assert best.numbers()["loss"] == 2.0
+    best.update(torch.tensor(1.0), {"term": torch.tensor(8.0)}, images=x)
+    assert best.numbers() == {"loss": 1.0, "term": 8.0} and torch.equal(best["images"], torch.ones(2, 3))
 
 
 def test_deepinv_pools_the_best_iterate_not_the_last(monkeypatch):

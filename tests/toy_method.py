@@ -4,7 +4,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from torch import nn
+
 from harness.backbone.method import Method, register_method
+from harness.models import Classifier, register_model
 from harness.schema import param
 from methods.noise import NoiseControl
 
@@ -40,3 +43,19 @@ class NoiseThenNaN(NoiseControl):
 
     def synthesize(self, epoch: int) -> dict[str, float]:
         return {"toy_loss": math.nan if epoch + 1 >= self.params.nan_epoch else 1.0}
+
+
+class LinearToy(Classifier):
+    """One bias-free linear layer on the flattened image: FLOPs countable by hand (cost tests)."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels * image_size**2, num_classes, bias=False)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@register_model("linear-toy")
+def linear_toy(in_channels: int, num_classes: int, image_size: int) -> Classifier:
+    return LinearToy(in_channels, num_classes, image_size)

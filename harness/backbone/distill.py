@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.attacks import attack_mode, project
+from harness.backbone.devices import randn
 
 
 def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
@@ -39,10 +40,11 @@ def kl_pgd(
 ) -> torch.Tensor:
     """Adversarial examples maximising Σ_i KL(T(x)_i ‖ S(x_adv)_i) − penalty(S(x_adv))_i.
 
+    The start noise is drawn on the CPU (from ``generator``) and moved to ``x``'s device.
     The model is attacked in eval mode with frozen parameters; ``penalty`` maps logits to a
     per-sample term (FERD's UTAEs subtract γ·KL(U ‖ S(x_adv)), Eq. 10).
     """
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     x_adv = project(x + init_std * noise, x, epsilon)
     target = teacher_logits.detach()
     with attack_mode(student):

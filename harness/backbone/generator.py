@@ -36,14 +36,19 @@ class Generator(nn.Module):
         x = self.project(z)
         return self.body(x.view(len(z), -1, self.start, self.start))
 
+    @torch.no_grad()
     def reset(self) -> None:
-        """Re-initialise as CMI/FERD do each round: conv/linear N(0, 0.02), BN γ N(1, 0.02), β 0."""
+        """Re-initialise as CMI/FERD do each round: conv/linear N(0, 0.02), BN γ N(1, 0.02), β 0.
+
+        The draws are made on the CPU (default generator) and copied into the parameters, so a
+        seed gives the same generator on every device.
+        """
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(module.weight, 0.0, 0.02)
+                module.weight.copy_(torch.empty(module.weight.shape).normal_(0.0, 0.02))
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                    module.bias.zero_()
             elif isinstance(module, nn.BatchNorm2d):
-                nn.init.normal_(module.weight, 1.0, 0.02)
-                nn.init.zeros_(module.bias)
+                module.weight.copy_(torch.empty(module.weight.shape).normal_(1.0, 0.02))
+                module.bias.zero_()
                 module.reset_running_stats()

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from harness.backbone.cost import Cost
+from harness.backbone.devices import to_host
 from harness.backbone.distill import kl_pgd, rslad_loss
 from harness.backbone.pool import ImagePool
 from harness.data import DatasetInfo
@@ -99,8 +100,8 @@ class Method:
         the pool as stored when the method keeps one, else a batch from ``sample``."""
         pool = getattr(self, "pool", None)
         if isinstance(pool, ImagePool) and len(pool):
-            return pool.draw(n, generator)
-        return self.sample(n, generator)[0].cpu()
+            return to_host(pool.draw(n, generator))
+        return to_host(self.sample(n, generator)[0])
 
     def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator,
                     labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,6 +118,14 @@ class Method:
     def end_of_epoch(self, epoch: int) -> dict[str, Any]:
         """After the student steps of an epoch (e.g. FERD's reweighting); numbers for the history."""
         return {}
+
+    def steady_state_for_estimate(self) -> None:
+        """Fill the method's buffers as a late epoch has them, for ``harness cost`` (which runs
+        on the data-less meta device): by default the image pool at its capacity. Methods whose
+        cost grows with a buffer (CMI's memory bank) fill that too."""
+        pool = getattr(self, "pool", None)
+        if isinstance(pool, ImagePool):
+            pool.fill_for_estimate()
 
     def state_dict(self) -> dict[str, Any]:
         """Method state to checkpoint (generators, optimizers, pools, weights)."""

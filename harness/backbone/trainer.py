@@ -25,16 +25,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from harness.backbone.cost import Cost
+from harness.backbone.devices import autocast, to_float, to_host
 from harness.backbone.method import MethodContext
 from harness.config import RunSpec
 from harness.data import DatasetInfo, get_dataset
 from harness.errors import HarnessError
 from harness.evaluate import evaluate
 from harness.models import create_model
-from harness.store import atomic_write_bytes, atomic_write_json
+from harness.store import atomic_write, atomic_write_bytes, atomic_write_json
 from harness.teacher import load_teacher
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -63,6 +65,18 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine()
 
 
+def numerics_flags() -> dict[str, Any]:
+    """The flags that change float results on a GPU: cuDNN, TF32 and determinism settings in force."""
+    cudnn = torch.backends.cudnn
+    return {
+        "cudnn": cudnn.version() if cudnn.is_available() else None,
+        "cudnn_benchmark": cudnn.benchmark, "cudnn_deterministic": cudnn.deterministic,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
@@ -72,33 +86,42 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {
         "git_commit": commit, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "host": socket.gethostname(), "threads": torch.get_num_threads(), "argv": sys.argv,
+        "host": socket.gethostname(), "threads": torch.get_num_threads(), "argv": sys.argv, **numerics_flags(),
     }
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a partial checkpoint,
+    and no in-memory copy of the whole serialised state."""
+    atomic_write(path, lambda stream: torch.save(state, stream))
 
 
 class Trainer:
     """Trains and evaluates the student of one cell in ``run_dir``."""
 
-    def __init__(self, spec: RunSpec, run_dir: Path, device: str | torch.device = "cpu", progress: bool = True) -> None:
+    def __init__(self, spec: RunSpec, run_dir: Path, device: str | torch.device = "cpu", progress: bool = True,
+                 train_data: Dataset | None = None) -> None:
         self.spec, self.run_dir, self.progress = spec, Path(run_dir), progress
         self.device = torch.device(device)
         settings = spec.settings
+        self.precision = settings.precision
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.schedule, self.threat = settings.schedule, settings.threat
         self.info: DatasetInfo = get_dataset(settings.dataset)
         self.cost = Cost()
+        torch.manual_seed(settings.seed)  # an untrained teacher (tests, cost estimates) is seeded too
         self.teacher = load_teacher(settings.teacher, self.info, self.device)
         self.cost.watch_teacher(self.teacher)
         torch.manual_seed(settings.seed)
         self.student = create_model(settings.student, in_channels=self.info.channels,
                                     num_classes=self.info.num_classes, image_size=self.info.image_size).to(self.device)
+        if settings.compile:  # in place: parameters, hooks and state-dict keys stay the module's own
+            self.teacher.compile()
+            self.student.compile()
         plugin = spec.entry.plugin
-        train_data = self.info.load("train", settings.data_root) if plugin.needs_train_data else None
+        if plugin.needs_train_data and train_data is None:
+            train_data = self.info.load("train", settings.data_root)
         context = MethodContext(
             teacher=self.teacher, student=self.student, info=self.info, epsilon=self.threat.epsilon,
             step_size=self.threat.step_size, attack_steps=self.threat.train_steps,
@@ -116,17 +139,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ persistence
     def save(self) -> None:
-        _save_checkpoint(self.run_dir / CHECKPOINT, {
+        save_checkpoint(self.run_dir / CHECKPOINT, {
             "epoch": self.epoch, "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
             "cost": self.cost.to_dict(), "history": json.dumps(self.history)})
 
     def load_checkpoint(self) -> bool:
-        """Restore the state of the last checkpoint if there is one (writes nothing); True if found."""
+        """Restore the state of the last checkpoint if there is one (writes nothing); True if found.
+
+        The file is read to the CPU; each part is placed where it lives (models and optimizer
+        state on the run's device, the method's state where the method keeps it).
+        """
         path = self.run_dir / CHECKPOINT
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -148,9 +175,9 @@ class Trainer:
         teacher-label histogram of the whole draw (the class balance of the pool)."""
         generator = torch.Generator().manual_seed(epoch_seed(self.spec.settings.seed, self.epoch) + 2)
         with torch.no_grad():
-            images = self.method.gallery(GALLERY_DRAW, generator).float().clamp(0, 1)
-            probabilities = torch.cat([self.teacher(batch.to(self.device)).softmax(1).cpu()
-                                       for batch in images.split(self.spec.settings.eval.batch_size)])
+            images = to_host(self.method.gallery(GALLERY_DRAW, generator)).float().clamp(0, 1)
+            probabilities = to_host(torch.cat([self.teacher(batch.to(self.device)).softmax(1)
+                                               for batch in images.split(self.spec.settings.eval.batch_size)]))
         confidence, labels = probabilities.max(1)
         keep = torch.cat([torch.nonzero(labels == c).flatten()[:GALLERY_PER_CLASS]
                           for c in range(self.info.num_classes)])
@@ -167,10 +194,12 @@ class Trainer:
         atomic_write_bytes(self.run_dir / "history.jsonl", text.encode())
 
     # ------------------------------------------------------------------ training
-    def _student_steps(self, generator: torch.Generator) -> dict[str, float]:
-        self.student.train()
-        total = 0.0
-        for _ in range(self.schedule.student_steps):
+    def _autocast(self) -> Any:
+        return autocast(self.device, self.precision)
+
+    def student_step(self, generator: torch.Generator) -> torch.Tensor:
+        """One student step: sample, teacher, adversarial examples, loss, SGD; the loss (on the device)."""
+        with self._autocast():
             with self.cost.stage("sample"):
                 x, labels = self.method.sample(self.schedule.batch_size, generator)
             with torch.no_grad(), self.cost.stage("teacher"):
@@ -182,14 +211,24 @@ class Trainer:
                 x_adv = x
             with self.cost.stage("student"):
                 loss = self.method.student_loss(x, x_adv, teacher_logits, labels)
-                if not math.isfinite(loss.item()):
-                    raise RunFailed(f"student loss became {loss.item()} at epoch {self.epoch + 1}")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-            total += loss.item()
-        return {"student_loss": total / self.schedule.student_steps, "lr": self.scheduler.get_last_lr()[0]}
+        with self.cost.stage("student"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+        return loss.detach()
+
+    def _student_steps(self, generator: torch.Generator) -> dict[str, float]:
+        """T_s student steps. The loss is summed on the device and read once, at the end: a loss
+        that became NaN or inf makes the epoch's sum non-finite and fails the run then."""
+        self.student.train()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for _ in range(self.schedule.student_steps):
+            total += self.student_step(generator)
+        mean = to_float(total) / self.schedule.student_steps
+        if not math.isfinite(mean):
+            raise RunFailed(f"student loss became {mean} in epoch {self.epoch + 1}")
+        return {"student_loss": mean, "lr": self.scheduler.get_last_lr()[0]}
 
     def _probe(self) -> dict[str, float]:
         """Clean / PGD-20 accuracy on a stratified subset of the training split (curves only)."""
@@ -215,7 +254,7 @@ class Trainer:
             torch.manual_seed(epoch_seed(seed, self.epoch))
             generator = torch.Generator().manual_seed(epoch_seed(seed, self.epoch) + 1)
             line: dict[str, Any] = {"epoch": self.epoch + 1}
-            with self.cost.stage("synthesis"):
+            with self.cost.stage("synthesis"), self._autocast():
                 line |= self.method.synthesize(self.epoch)
             self._check_finite(line)  # a diverged generator is named before its images reach the student
             if self.epoch >= schedule.warmup_epochs:
@@ -250,7 +289,7 @@ class Trainer:
                    **result.to_dict(self.info.name)}
         result.save_arrays(self.run_dir / "samples.npz")
         atomic_write_json(self.run_dir / "metrics.json", metrics)
-        _save_checkpoint(self.run_dir / "student.pt", self.student.state_dict())
+        save_checkpoint(self.run_dir / "student.pt", self.student.state_dict())
         return metrics
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from harness.runner import Job
 from harness.store import read_status
-from harness.worker import BUSY
+from harness.worker import BUSY, WORKERS_PER_DEVICE
 
 POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 10.0
@@ -61,12 +61,19 @@ def local_slots(gpus: list[int] | None = None, workers: int | None = None, cpu: 
         physical = [physical[g] for g in gpus]
     if physical:
         per_gpu = workers or 1
-        return [Slot(f"gpu{gid}" + (f".{k}" if per_gpu > 1 else ""), "cuda", {"CUDA_VISIBLE_DEVICES": gid})
+        threads = _threads(len(physical) * per_gpu)
+        return [Slot(f"gpu{gid}" + (f".{k}" if per_gpu > 1 else ""), "cuda",
+                     {"CUDA_VISIBLE_DEVICES": gid, WORKERS_PER_DEVICE: str(per_gpu), **threads})
                 for gid in physical for k in range(per_gpu)]
     count = workers or 1
-    threads = str(max(1, (os.cpu_count() or 1) // count))
-    return [Slot(f"cpu{k}", "cpu", {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    return [Slot(f"cpu{k}", "cpu", {"CUDA_VISIBLE_DEVICES": "", WORKERS_PER_DEVICE: "1", **_threads(count)})
             for k in range(count)]
+
+
+def _threads(jobs: int) -> dict[str, str]:
+    """The cores shared out between ``jobs`` concurrent workers (at least one thread each)."""
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -14,7 +14,10 @@ test suite's way to exercise this path without a cluster.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 from harness.config import SlurmSettings
 from harness.errors import HarnessError
 from harness.runner import Job
-from harness.store import atomic_write_json, read_status
+from harness.store import FileLock, atomic_write_json, read_status, write_status
 
 
 def slurm_parameters(settings: SlurmSettings) -> dict[str, Any]:
@@ -40,25 +43,48 @@ def slurm_parameters(settings: SlurmSettings) -> dict[str, Any]:
     return parameters
 
 
-class CellJob:
-    """The callable a Slurm task runs; checkpointable, so a timeout requeues the cell."""
+def append_job_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Add ``records`` to the JSON list in ``path`` under a lock: concurrent runners lose none."""
+    lock = FileLock(path.with_name(path.name + ".lock"))
+    if not lock.acquire(wait=60.0):
+        raise HarnessError(f"{path}: another runner has held its lock for 60 s")
+    try:
+        previous = json.loads(path.read_text()) if path.exists() else []
+        atomic_write_json(path, previous + records)
+    finally:
+        lock.release()
 
-    def __init__(self, fresh: bool = False) -> None:
-        self.fresh = fresh
+
+class CellJob:
+    """The callable a Slurm task runs; checkpointable, so a timeout requeues the cell.
+
+    On a real cluster a task without a visible GPU fails with one line (it never falls back to
+    the CPU); submitit's ``local``/``debug`` clusters run on this machine's device, GPU or not.
+    """
+
+    def __init__(self, fresh: bool = False, require_gpu: bool = True) -> None:
+        self.fresh, self.require_gpu = fresh, require_gpu
 
     def __call__(self, run_dir: str) -> str:
         import torch
 
         from harness.worker import run_worker
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return run_worker(run_dir, device, fresh=self.fresh, progress=False)
+        if not torch.cuda.is_available() and not self.require_gpu:
+            return run_worker(run_dir, "cpu", fresh=self.fresh, progress=False)
+        if not torch.cuda.is_available():  # never fall back to the CPU: a cell would take weeks there
+            error = (f"no GPU visible to this Slurm task on {socket.gethostname()} (CUDA_VISIBLE_DEVICES="
+                     f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); check the partition's --gres")
+            write_status(run_dir, state="failed", error=error, finished=time.time())
+            print(error, file=sys.stderr)
+            return "failed"
+        return run_worker(run_dir, "cuda", fresh=self.fresh, progress=False)
 
     def checkpoint(self, run_dir: str) -> Any:
         """Called by submitit on timeout/pre-emption: requeue the cell (it resumes, never restarts)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(CellJob(fresh=False), run_dir)
+        return submitit.helpers.DelayedSubmission(CellJob(fresh=False, require_gpu=self.require_gpu), run_dir)
 
 
 class SlurmExecutor:
@@ -90,12 +116,12 @@ class SlurmExecutor:
         for fresh in (False, True):
             group = [job for job in jobs if job.fresh == fresh]
             if group:
-                handles = executor.map_array(CellJob(fresh), [str(job.run_dir) for job in group])
+                cell_job = CellJob(fresh, require_gpu=self.settings.cluster == "slurm")
+                handles = executor.map_array(cell_job, [str(job.run_dir) for job in group])
                 submitted += list(zip(group, handles))
         path = self.results / self.settings.folder / "jobs.json"
-        previous = json.loads(path.read_text()) if path.exists() else []
         records = [{"run_dir": str(job.run_dir), "job_id": handle.job_id} for job, handle in submitted]
-        atomic_write_json(path, previous + records)
+        append_job_records(path, records)
         print(f"submitted {len(submitted)} tasks ({self.settings.cluster}); job ids in {path}", file=sys.stderr)
         return submitted
 
