@@ -224,7 +224,8 @@ class MemoryBank:
         return pairs[:, 0], pairs[:, 1]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"data": self.data[: len(self)], "count": self.count}  # a view: torch.save copies what it writes
+        full = len(self) == len(self.data)  # saved without a copy; a partial bank as a copy of its filled rows
+        return {"data": self.data if full else self.data[: len(self)].clone(), "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.data.zero_()

@@ -594,14 +594,20 @@ class FERD(Method):
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        return {"pool": self.pool.state_dict(), "generator": self.generator.state_dict(),
-                "generator_optimizer": self.generator_optimizer.state_dict(),
-                "class_weights": self.class_weights, "class_difficulty": self.difficulty, "class_lps": self.lps}
+        """The pool and the class statistics; G and its Adam only when they persist across epochs
+        (``reset_generator: false``) — a reset generator is re-drawn at the next epoch anyway."""
+        state = {"pool": self.pool.state_dict(), "class_weights": self.class_weights,
+                 "class_difficulty": self.difficulty, "class_lps": self.lps}
+        if not self.params.reset_generator:
+            state |= {"generator": self.generator.state_dict(),
+                      "generator_optimizer": self.generator_optimizer.state_dict()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pool.load_state_dict(state["pool"])
-        self.generator.load_state_dict(state["generator"])
-        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        if "generator" in state:  # checkpoints written before the reset generator was left out still load
+            self.generator.load_state_dict(state["generator"])
+            self.generator_optimizer.load_state_dict(state["generator_optimizer"])
         self.class_weights = state["class_weights"].cpu().to(torch.float64)
         self.difficulty = state["class_difficulty"].cpu().to(torch.float64)
         self.lps = state["class_lps"].cpu().to(torch.float64)

@@ -395,6 +395,14 @@ def test_state_round_trip_continues_exactly(models):
         assert torch.equal(a, b)
 
 
+def test_a_generator_reset_every_epoch_is_not_checkpointed(models):
+    """Resuming needs no G that the next epoch re-draws anyway (the checkpoint keeps what resuming needs)."""
+    teacher, student = models
+    kept = FERD(Params(ib_steps=2, reset_generator=False), method_context(teacher, student)).state_dict()
+    reset = FERD(Params(ib_steps=2), method_context(teacher, student)).state_dict()
+    assert {"generator", "generator_optimizer"} <= set(kept) and not {"generator", "generator_optimizer"} & set(reset)
+
+
 PRESET_YAML = """
 base:
   dataset: {dataset}

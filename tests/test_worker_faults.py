@@ -149,3 +149,30 @@ def test_gpu_slots_share_the_cores_and_say_how_many_share_a_gpu(monkeypatch):
     assert [s.name for s in slots] == ["gpu0.0", "gpu0.1", "gpu1.0", "gpu1.1"]
     threads = str(max(1, (os.cpu_count() or 1) // 4))
     assert all(s.env["OMP_NUM_THREADS"] == threads and s.env[worker.WORKERS_PER_DEVICE] == "2" for s in slots)
+
+
+def test_checkpoints_stream_to_a_temporary_file_then_rename(tmp_path, monkeypatch):
+    """No serialised copy of the whole state in memory, and never a partial checkpoint."""
+    path = tmp_path / "last.pt"
+    trainer_module.save_checkpoint(path, {"w": torch.ones(3)})
+    streams = []
+    real_save = torch.save
+
+    def recording_save(obj, stream):
+        streams.append(stream)
+        real_save(obj, stream)
+
+    monkeypatch.setattr(torch, "save", recording_save)
+    trainer_module.save_checkpoint(path, {"w": torch.zeros(3)})
+    assert streams and hasattr(streams[0], "fileno") and streams[0].name != str(path)  # a real temporary file
+
+    def failing_save(obj, stream):
+        stream.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(RuntimeError):
+        trainer_module.save_checkpoint(path, {"w": torch.full((3,), 2.0)})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

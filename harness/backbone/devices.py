@@ -102,13 +102,18 @@ def host_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- precision and compilation
 def autocast(device: DeviceLike, precision: Precision) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when ``precision`` is bf16, else nothing (fp32)."""
+    """bf16 autocast on ``device`` when ``precision`` is bf16, else nothing (fp32).
+
+    Without autocast's cache of cast weights: a generation round takes its optimizer steps inside
+    one autocast region, and a cached bf16 copy of a weight would not see them (the generator
+    would never change within the round).
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
     kind = torch.device(device).type
     if kind not in ("cpu", "cuda"):
         raise HarnessError(f"precision: bf16 autocast is not available on device type '{kind}'")
-    return torch.autocast(kind, dtype=torch.bfloat16)
+    return torch.autocast(kind, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def full_precision(device: DeviceLike) -> contextlib.AbstractContextManager:

@@ -87,8 +87,13 @@ class ImagePool:
         self.count = max(self.count, self.capacity)
 
     def state_dict(self) -> dict[str, Any]:
-        """The filled slots in slot order and the count: a restored pool continues exactly."""
-        return {"images": self.images, "labels": self.labels, "count": self.count}
+        """The filled slots in slot order and the count: a restored pool continues exactly.
+
+        A full pool is saved as it is (no copy); a partly filled one as a copy of its filled slots
+        (``torch.save`` of a view would write the whole preallocated buffer)."""
+        if len(self) == self.capacity:
+            return {"images": self._images, "labels": self._labels, "count": self.count}
+        return {"images": self.images.clone(), "labels": self.labels.clone(), "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         images, labels = state["images"], state["labels"]
