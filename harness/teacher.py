@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from harness.attacks import attack_mode, pgd, project
+from harness.backbone.devices import randn_like
 from harness.checkpoint import load_model
 from harness.config import ConfigError, EvalSpec, TeacherSpec, ThreatModel
 from harness.data import DatasetInfo, augment_batch, get_dataset
@@ -95,7 +96,7 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thre
     """Zhang et al.: CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)), x_adv maximising that KL from x + 0.001·N(0,1)."""
     with attack_mode(model):
         target = F.softmax(model(x), dim=1)
-        x_adv = project(x + 0.001 * torch.randn_like(x), x, threat.epsilon)
+        x_adv = project(x + 0.001 * randn_like(x), x, threat.epsilon)
         for _ in range(threat.train_steps):
             x_adv.requires_grad_(True)
             divergence = F.kl_div(F.log_softmax(model(x_adv), dim=1), target, reduction="sum")
@@ -150,7 +151,7 @@ def train_teacher(config: TeacherTraining, *, device: str = "cpu", progress: boo
     start_epoch, seconds, history = 0, 0.0, []
     resolved = to_plain(config)
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)  # each part is placed by its owner
         if state["config"] != json.loads(json.dumps(resolved)):
             raise HarnessError(f"{state_path}: was made by a different config; remove it or change 'output'")
         model.load_state_dict(state["model"])

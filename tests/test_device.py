@@ -128,3 +128,21 @@ def test_helpers_draw_the_same_values_whatever_the_device():
     moved = randn((4, 2), generator=torch.Generator().manual_seed(3), device="meta")
     assert moved.device.type == "meta" and torch.equal(on_cpu, torch.randn(4, 2, generator=torch.Generator().manual_seed(3)))
     assert torch.equal(to_host(moved), torch.zeros(4, 2))  # meta carries no values: zeros of its shape
+
+
+def test_gpu_smoke_tiny_passes_on_the_cpu(tmp_path):
+    """``benchmarks/gpu_smoke.py --tiny``: the CPU version of the first run on a GPU machine."""
+    import subprocess
+    import sys
+
+    from tests.e2e import ROOT
+
+    out = tmp_path / "smoke.json"
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_smoke.py"), "--tiny", "--out", str(out)],
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert all(run["ok"] for run in report["methods"].values()) and len(report["methods"]) == 18
+    assert report["resume"] == {"stopped_after_epoch": 1, "epochs": [1, 2], "history_equal": True}
+    assert set(report["evaluation"]["avg"]) == {"clean", "fgsm", "pgd20", "cw", "aa"}
+    assert report["timings"]["ferd/fp32"]["tflop"] > 0 and "cudnn" in report
