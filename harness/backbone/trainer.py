@@ -43,6 +43,7 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 GALLERY = "synthetic.npz"
 GALLERY_DRAW = 500  # images drawn from the final pool and labelled by the teacher
 GALLERY_PER_CLASS = 8  # of which at most this many per teacher class are kept
+COMPILED_GRAPHS = 64  # recompilations allowed per compiled model with `compile: true`
 
 
 class RunFailed(HarnessError):
@@ -117,6 +118,9 @@ class Trainer:
         self.student = create_model(settings.student, in_channels=self.info.channels,
                                     num_classes=self.info.num_classes, image_size=self.info.image_size).to(self.device)
         if settings.compile:  # in place: parameters, hooks and state-dict keys stay the module's own
+            # one graph per combination of train/eval mode, grad mode and input shape a cell meets
+            # (synthesis, attacks, loss, probe): more than torch's default of 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS)
             self.teacher.compile()
             self.student.compile()
         plugin = spec.entry.plugin
