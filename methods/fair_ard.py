@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.attacks import attack_mode, cross_entropy_loss, pgd
-from harness.backbone.devices import to_host
+from harness.backbone.devices import place, to_host
 from harness.backbone.distill import kl_divergence
 from harness.backbone.method import Method, MethodContext, register_method
 from harness.data import augment_batch
@@ -88,7 +88,7 @@ def class_weights_from_lps(kappa: torch.Tensor, beta: float, steps: int, clamp: 
 
 def weighted_mean(per_sample: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The batch estimate of (1/C) Σ_c (1/n_c) Σ_j ω_c ℓ_j: mean of ω_{y_j} ℓ_j."""
-    return (weights.to(per_sample)[labels] * per_sample).mean()
+    return (place(weights, per_sample.device).to(per_sample.dtype)[labels] * per_sample).mean()
 
 
 def pgd_with_lps(student: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, *, epsilon: float,
@@ -158,8 +158,8 @@ class FairARD(Method):
         indices = self._order[self._cursor:self._cursor + batch_size]
         self._cursor += batch_size
         x, y = self._batch(indices)
-        x = augment_batch(x.to(self.ctx.device), self.ctx.info, generator)  # draws on the CPU generator
-        return x, y.to(self.ctx.device)
+        x = augment_batch(place(x, self.ctx.device), self.ctx.info, generator)  # draws on the CPU generator
+        return x, place(y, self.ctx.device)
 
     def adversarial(self, x: torch.Tensor, teacher_logits: torch.Tensor, generator: torch.Generator,
                     labels: torch.Tensor | None = None) -> torch.Tensor:

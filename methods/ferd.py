@@ -137,7 +137,7 @@ from torch import nn
 from harness.attacks import attack_mode, cross_entropy_loss, pgd
 from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
-from harness.backbone.devices import randn, randn_like, to_host
+from harness.backbone.devices import place, randn, randn_like, to_host
 from harness.backbone.distill import kl_divergence, kl_pgd
 from harness.backbone.generator import Generator
 from harness.backbone.method import Method, MethodContext, register_method
@@ -545,7 +545,7 @@ class FERD(Method):
         ctx = self.ctx
         self._reset_utae_log()
         n = ctx.batch_size
-        labels = torch.multinomial(self.class_weights, n, replacement=True).to(ctx.device)
+        labels = place(torch.multinomial(self.class_weights, n, replacement=True), ctx.device)
         images, best_loss, terms = self._generate(labels)
         self.pool.add(images, labels)
         ctx.cost.images_synthesized += n
