@@ -157,7 +157,7 @@ def timings(device: torch.device, tiny: bool) -> dict[str, Any]:
                 counter = FlopCount()
                 synchronize(device)
                 began = time.perf_counter()
-                with trainer._autocast():
+                with trainer.training_precision():
                     trainer.method.synthesize(0)
                 trainer.student.train()
                 for _ in range(2):
@@ -165,7 +165,7 @@ def timings(device: torch.device, tiny: bool) -> dict[str, Any]:
                 synchronize(device)
                 seconds = time.perf_counter() - began
                 with counter:  # the same work again, counted (not timed)
-                    with trainer._autocast():
+                    with trainer.training_precision():
                         trainer.method.synthesize(0)
                     for _ in range(2):
                         trainer.student_step(generator)

@@ -198,12 +198,13 @@ class Trainer:
         atomic_write_bytes(self.run_dir / "history.jsonl", text.encode())
 
     # ------------------------------------------------------------------ training
-    def _autocast(self) -> Any:
+    def training_precision(self) -> Any:
+        """The context of the generator, student and training-attack passes: bf16 autocast or fp32."""
         return autocast(self.device, self.precision)
 
     def student_step(self, generator: torch.Generator) -> torch.Tensor:
         """One student step: sample, teacher, adversarial examples, loss, SGD; the loss (on the device)."""
-        with self._autocast():
+        with self.training_precision():
             with self.cost.stage("sample"):
                 x, labels = self.method.sample(self.schedule.batch_size, generator)
             with torch.no_grad(), self.cost.stage("teacher"):
@@ -258,7 +259,7 @@ class Trainer:
             torch.manual_seed(epoch_seed(seed, self.epoch))
             generator = torch.Generator().manual_seed(epoch_seed(seed, self.epoch) + 1)
             line: dict[str, Any] = {"epoch": self.epoch + 1}
-            with self.cost.stage("synthesis"), self._autocast():
+            with self.cost.stage("synthesis"), self.training_precision():
                 line |= self.method.synthesize(self.epoch)
             self._check_finite(line)  # a diverged generator is named before its images reach the student
             if self.epoch >= schedule.warmup_epochs:
