@@ -362,3 +362,15 @@ report: [table, per-class, confusion]
     assert "| noise" in view and "| ard" not in view
     assert main(["plot", "confusion", "demo_noise.yaml", "--formats", "png"]) == 0
     assert (reports / "demo_noise-confusion-clean.png").is_file()
+
+
+def test_precision_labels_a_variant_with_its_default_filled_in():
+    """config.json leaves out ``precision: fp32`` (not in the run key at its default): the rows still split."""
+    from harness.report.collect import run_axes, varying_axes
+
+    base = {"method": "cmi", "teacher": {"arch": "cnn5"}, "schedule": {"epochs": 1}, "threat": {}, "eval": {},
+            "params": {"nz": 256}}
+    configs = [base, {**base, "precision": "bf16"}]
+    settings, params = varying_axes(configs)
+    assert settings == ["precision"] and params == {"cmi": []}
+    assert [axes["precision"] for axes in run_axes(configs)] == ["fp32", "bf16"]

@@ -10,7 +10,7 @@ differing only in their seed are aggregated together and nothing else is.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.config import SAFE_NAME, load_experiment
+from harness.config import SAFE_NAME, CellSettings, load_experiment
 from harness.errors import HarnessError
 from harness.store import cell_state
 
 SCORES = ("avg", "worst", "worst10", "nsd")
 LABEL_SECTIONS = ("teacher", "schedule", "threat", "eval", "params")
+# top-level cell settings that label a variant, with the default a config.json leaves out
+LABEL_SETTINGS = {f.name: f.default for f in fields(CellSettings) if f.name in ("precision", "compile")}
 NOT_LABELS = {"teacher.sha256"}  # follows the checkpoint; never a variant of its own
 METHOD_ORDER = ("noise", "zskt", "deepinv", "cmi", "fast", "dfhl", "ferd", "ferd-code", "ferd-no-reweight",
                 "ferd-no-fae", "ferd-no-utae", "ferd-no-fae-utae", "ard", "rslad", "fair-ard", "fair-rslad")
@@ -133,6 +135,7 @@ def varying_axes(configs: list[dict[str, Any]]) -> tuple[list[str], dict[str, li
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
     flat = pd.json_normalize({k: config.get(k) for k in LABEL_SECTIONS}, sep=".").iloc[0].to_dict()
+    flat |= {name: config.get(name, default) for name, default in LABEL_SETTINGS.items()}
     return {k: v for k, v in flat.items() if k not in NOT_LABELS}
 
 
