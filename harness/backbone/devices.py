@@ -21,7 +21,7 @@ it with CPU tensors raises, like CUDA does), and ``benchmarks/gpu_smoke.py`` on 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -90,14 +90,6 @@ def to_host(tensor: torch.Tensor) -> torch.Tensor:
 def to_float(tensor: torch.Tensor) -> float:
     """A scalar tensor as a Python float through :func:`to_host` (one sync)."""
     return float(to_host(tensor))
-
-
-def host_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Scalar tensors kept on one device during a loop, brought back together (one transfer)."""
-    if not values:
-        return {}
-    stacked = to_host(torch.stack([value.detach().double().reshape(()) for value in values.values()]))
-    return dict(zip(values, stacked.tolist()))
 
 
 # --------------------------------------------------------------------------- precision and compilation
@@ -169,10 +161,3 @@ class StrictRandomDraws(TorchFunctionMode):
         if target.type != "cpu":
             raise RandomDrawOnDevice(f"{name}: random draw onto {target.type}; draw on a CPU generator, "
                                      "then .to(device) (harness.backbone.devices)")
-
-
-@contextlib.contextmanager
-def strict_random_draws() -> Iterator[None]:
-    """The :class:`StrictRandomDraws` mode as a context manager."""
-    with StrictRandomDraws():
-        yield
