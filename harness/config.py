@@ -72,6 +72,17 @@ class Schedule:
     batch_size: int = param(256, ge=1)
     lr: float = param(0.1, gt=0)
     lr_min: float = param(0.0, ge=0, doc="floor of the cosine schedule (DFHL: 2e-4)")
+    lr_schedule: Literal["student_steps", "epochs"] = param(
+        "student_steps", key_at_default=False,
+        doc="cosine over the student steps | stepped once per epoch over every epoch, warm-up included "
+            "(FERD's released code)")
+    kl_reduction: Literal["batchmean", "mean"] = param(
+        "batchmean", key_at_default=False,
+        doc="KL of the RSLAD student step: class sum, batch mean | mean over batch × classes (RSLAD's code)")
+    synthesis_student_bn: Literal["running", "batch_first_epoch", "batch"] = param(
+        "running", key_at_default=False,
+        doc="the student's BatchNorm during synthesis: running statistics | the batch's in the first epoch "
+            "| the batch's always (running statistics kept)")
     momentum: float = param(0.9, ge=0, lt=1)
     weight_decay: float = param(5e-4, ge=0)
     pool_size: int = param(50_000, ge=1, doc="most synthetic images kept in the pool")
@@ -462,6 +473,7 @@ class _Resolver:
         for required in ("method", "dataset", "student", "teacher"):
             if required not in data:
                 self.fail("base", f"'{required}' is required (in base or grid)")
+        self._method_schedule_defaults(data)
         try:
             settings = build(CellSettings, data)
         except SchemaError as error:
@@ -484,6 +496,19 @@ class _Resolver:
         settings = self._resolve_threat(settings, chosen)
         params = self._method_params(entry, settings.dataset, combo)
         return RunSpec(self.name, settings, entry, params)
+
+    @staticmethod
+    def _method_schedule_defaults(data: dict[str, Any]) -> None:
+        """Fill the schedule keys the method declares (``Method.schedule_defaults``, e.g. DFHL's
+        weight decay and LR floor) where the file leaves them unset; the file always wins."""
+        name = data["method"]
+        if not isinstance(name, str) or name not in METHODS or not isinstance(data.get("schedule", {}), dict):
+            return  # an unknown method or a bad schedule block is reported by the checks that follow
+        declared = METHODS.get(name).plugin.schedule_defaults
+        if declared:
+            schedule = data.setdefault("schedule", {})
+            for key, value in declared.items():
+                schedule.setdefault(key, value)
 
     def _resolve_threat(self, settings: CellSettings, chosen: dict[str, int]) -> CellSettings:
         info = get_dataset(settings.dataset)

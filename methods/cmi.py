@@ -9,25 +9,49 @@ scale [0.25, 1], + flip) — and the loss
 
     L_inv = λ_bn·L_bn(x_g) + λ_oh·CE(T(x_g), y) + λ_adv·L_adv,
     L_adv = −(1/N) Σ_i KL_i(T(x_g) ‖ S(x_g)) · 1[argmax S(x_g)_i = argmax T(x_g)_i]   (decision-adversarial),
-    L_cr  = InfoNCE(h(f(x_l)), h(f(x_g)), τ = 0.1),     L = L_inv + λ_cr·L_cr.
+    L_cr  = InfoNCE(h(f(x_l)), h(f(x_g)), τ = 0.1)  (below),     L = L_inv + λ_cr·L_cr.
 
 f(x) is the concatenation of the per-sample channel means of the inputs of every teacher
 BatchNorm2d (dimension D = Σ channels); h = Linear(D, D)–ReLU–Linear(D, 256), L2-normalised,
-trained by its own persistent Adam. The InfoNCE anchors are the local projections of the
-batch and of ``negatives`` feature pairs drawn from a memory bank of past rounds; the keys
-are the matching global projections (detached); the positive of row i is key i (the diagonal),
-every other key is a negative. The best iterate of the round (lowest L) goes to the image
-pool with its labels, and its (global, local) features to the memory bank. Flips follow the
+trained by its own persistent Adam (default betas). Each step draws K = min(``negatives``,
+stored) (global, local) feature pairs of past rounds from the memory bank. The InfoNCE
+anchors are the local projections of the N current images followed by the K cached ones,
+a = h([f(x_l); f_l^bank]); the keys are the matching global projections, detached,
+k = sg(h([f(x_g); f_g^bank])); the positive of row i is key i (the diagonal), every other of
+the N + K keys is a negative:
+
+    ℓ_i = −log softmax_j(a_i·k_j / τ)_i,      i, j = 1 … N + K,
+    L_cr = (1/N) Σ_{i≤N} ℓ_i + (1/K) Σ_{i>N} ℓ_i          (``cr_reduction="split"``, the code),
+    L_cr = (1/(N+K)) Σ_i ℓ_i                             (``"joint"``, version 1),
+
+with only the first mean when no cached row is drawn (K = 0: the first round). Split keeps the generator's
+contrastive gradient at the size of a batch-only loss (a joint mean scales it by N/(N+K)).
+The generator gets its contrastive gradient only through the current local anchors (keys are
+detached, cached rows are constants); the head through every anchor row. The best iterate of
+the round — lowest total L = L_inv + λ_cr·L_cr — goes to the image pool with its labels, and
+the (global, local) features of that same iterate to the memory bank (FIFO). Flips follow the
 dataset (none on Fashion-MNIST / synthetic). The student is then trained by the shared RSLAD
 step (the ``Method`` defaults). ``images_synthesized`` counts the images added to the pool.
 
-Differences from the released code (zju-vipa CMI / Fast-Datafree), on purpose:
+The released code (zju-vipa CMI, ``datafree/synthesis/contrastive.py``; the copy in Fast-Datafree
+computes the same loss) does the same on these points: split mean (one mean over all rows
+while its bank has never been written); keys detached; one head pass over [local; cached local; global; cached
+global]; the bank stores ``cat([local, global])`` of the best iterate and reads the halves back
+as (local, global) — the harness stores (global, local) pairs, the same thing. Its temperature:
+τ = 0.1 in the synthesizer's default and ``scripts/cmi/adv_cmi_cifar10_wrn402_wrn161.sh``, 0.2 in
+``scripts/cmi/cmi_cifar10.sh``; the harness keeps 0.1.
+
+Differences from the released code, on purpose:
 - crops and flips are drawn per image (torchvision transforms on a batch tensor draw one crop
   for the whole batch); a resized crop whose box would leave the image is clamped to it
   instead of being re-drawn;
-- the bank stores and reads (global, local) in the same order (the code stores
-  ``cat([global, local])`` and reads the halves back as ``(local, global)``), and it stores the
-  features of the best iterate, i.e. of the images that enter the pool (the code: the last iterate);
+- the bank draws from every stored pair: the code's ring draws from the rows below its write
+  pointer until more than its size has been written, so in the round after it has filled exactly
+  (its size is asserted to be a multiple of the batch) it returns no cached row, and its split
+  loss then takes the mean of an empty set (NaN, which the head's Adam step writes into the
+  head's weights);
+- features come from every teacher BatchNorm2d for every teacher (the code uses the inputs of
+  the four residual stages for its ResNet-34 teacher);
 - the student receives no gradient and stays in eval mode during synthesis.
 
 ``L_inv``, ``decision_adversarial_loss`` and the two views are shared with Fast (methods/fast.py).
@@ -39,13 +63,12 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.attacks import attack_mode
 from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
 from harness.backbone.devices import randint, randn, randperm
@@ -76,6 +99,9 @@ class Params:
     lr_head: float = param(1e-3, gt=0, doc="Adam lr of the projection head")
     bank_size: int = param(40960, ge=1, doc="memory-bank slots (feature pairs of past rounds)")
     negatives: int = param(4096, ge=0, doc="feature pairs drawn from the bank per step")
+    cr_reduction: Literal["split", "joint"] = param(
+        "split", doc="L_cr: mean over the current rows + mean over the cached rows (code) | one mean over all "
+                     "N + K rows (version 1)")
 
     def __post_init__(self) -> None:
         if self.negatives > self.bank_size:
@@ -118,13 +144,39 @@ def inversion_loss(
     return total, terms
 
 
-def info_nce(anchors: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE with positives on the diagonal: mean_i −log softmax_j(a_i·k_j / τ)_i (METHODS.md §3).
+def info_nce_rows(anchors: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row InfoNCE with positives on the diagonal: ℓ_i = −log softmax_j(a_i·k_j / τ)_i (METHODS.md §3).
 
-    ``anchors`` and ``keys`` are M×d, row i of each from the same image; all other keys are negatives.
+    ``anchors`` and ``keys`` are M×d, row i of each from the same image; all other keys are
+    negatives. Returns the M losses ℓ_i (the caller detaches the keys if it wants to).
     """
     logits = anchors @ keys.T / temperature
-    return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
+    return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device), reduction="none")
+
+
+def info_nce(anchors: torch.Tensor, keys: torch.Tensor, temperature: float, *, current: int | None = None,
+             reduction: Literal["split", "joint"] = "split") -> torch.Tensor:
+    """InfoNCE of M = N + K rows, the first N from the current batch, the last K cached (METHODS.md §3).
+
+    With ℓ_i of :func:`info_nce_rows`,
+
+        split: L = (1/N) Σ_{i≤N} ℓ_i + (1/K) Σ_{i>N} ℓ_i     (K = 0: the first mean only),
+        joint: L = (1/M) Σ_i ℓ_i.
+
+    ``current`` is N (None: all M rows are current, where both reductions are the plain mean).
+    With detached keys anchor a_i enters ℓ_i only, so the joint gradient of a current row is
+    N/M times the split one: split is the released code's "avoid too small gradients w.r.t. the
+    generator".
+    """
+    if reduction not in ("split", "joint"):
+        raise ValueError(f"reduction: must be 'split' or 'joint', got {reduction!r}")
+    rows = info_nce_rows(anchors, keys, temperature)
+    n = len(rows) if current is None else current
+    if not 1 <= n <= len(rows):
+        raise ValueError(f"current: must be in [1, {len(rows)}], got {n}")
+    if reduction == "joint" or n == len(rows):
+        return rows.mean()
+    return rows[:n].mean() + rows[n:].mean()
 
 
 # --------------------------------------------------------------------------- views
@@ -236,7 +288,7 @@ class MemoryBank:
 # --------------------------------------------------------------------------- the method
 @register_method("cmi")
 class CMI(Method):
-    version = "1"
+    version = "2"  # 2: the split InfoNCE mean (``cr_reduction="split"``) is the default
     Params = Params
 
     @classmethod
@@ -278,7 +330,7 @@ class CMI(Method):
         cached_global, cached_local = self.bank.sample(p.negatives)
         anchors = self.head(torch.cat([local_features, cached_local]))
         keys = self.head(torch.cat([global_features, cached_global])).detach()
-        loss_cr = info_nce(anchors, keys, p.temperature)
+        loss_cr = info_nce(anchors, keys, p.temperature, current=len(local_features), reduction=p.cr_reduction)
         terms["cr"] = loss_cr.detach()
         return loss + p.lambda_cr * loss_cr, terms, global_features.detach(), local_features.detach()
 
@@ -291,7 +343,7 @@ class CMI(Method):
         labels = randint(0, ctx.info.num_classes, (n,), device=ctx.device)
         optimizer = torch.optim.Adam([*self.generator.parameters(), z], lr=p.lr_g, betas=ADAM_BETAS)
         best = BestIterate()
-        with attack_mode(ctx.student):
+        with self.student_for_synthesis(epoch):
             for _ in range(max(1, ctx.generator_steps)):
                 x = self.generator(z)
                 loss, terms, global_features, local_features = self._loss(x, labels)

@@ -55,7 +55,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.attacks import attack_mode
 from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
 from harness.backbone.devices import randint, randn, to_float
@@ -146,7 +145,7 @@ class DeepInv(Method):
         labels = randint(0, info.num_classes, (ctx.batch_size,), device=ctx.device)
         optimizer = torch.optim.Adam([latent], lr=p.lr, betas=p.betas)
         best = BestIterate()
-        with attack_mode(ctx.student):
+        with self.student_for_synthesis(epoch):
             for _ in range(self.steps):
                 images = torch.sigmoid(latent)
                 jittered = jitter_and_flip(images, p.jitter, info.hflip)

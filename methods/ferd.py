@@ -1,7 +1,10 @@
-"""FERD: Fairness-Enhanced data-free Robustness Distillation (ICLR 2026) — METHODS.md §6.
+"""FERD: Fairness-Enhanced data-free Robustness Distillation (ICLR 2026).
 
-The paper is the default; every way in which the released code differs is a named switch
-(listed at the end), so the harness can measure the difference.
+The paper is the default except where its printed equation is evidently a misprint (then the
+released code, mayaobuduyao/FERD at d1d79c7, and the reason is given); every other point where
+paper and code differ is a named switch, and the ``ferd-code`` preset turns all of them to the
+code's side. docs/methods.md has the table of switches (paper | released code | harness default)
+and links to the measurements.
 
 Algorithm 1, one epoch (T_g = ``schedule.generator_steps``, T_s = ``schedule.student_steps``)
 ----------------------------------------------------------------------------------------
@@ -13,60 +16,59 @@ Algorithm 1, one epoch (T_g = ``schedule.generator_steps``, T_s = ``schedule.stu
     ``schedule.batch_size``. Each step x = G(z) is augmented (random crop + the dataset's
     natural flip; CMI's global view) to x_a, and
 
-        L_gen = λ_adv·L_adv + λ_bn·L_bn + λ_oh·L_oh + λ_uni·L_uni,
-        L_adv = −KL(T(x_a) ‖ S(x_a)),   L_oh = CE(T(x_a), y),   L_bn the DeepInversion loss,
+        L_gen = λ_adv·L_adv + λ_bn·L_bn + λ_oh·L_oh + λ_uni·L_uni,                    (Eq. 8)
+        L_adv = −KL(T(x_a) ‖ S(x_a)),   L_oh = CE(T(x_a), y),   L_bn the DeepInversion loss.
 
-    with L_uni the information-bottleneck term below. The iterate with the lowest L_gen —
-    the un-augmented images x — joins the pool with its labels (the FAEs).
+    The text requires G to *increase* the teacher–student divergence, and the code minimises
+    −KL; Eq. 8 as printed has the opposite sign (``adversarial_sign: as_printed``). The iterate
+    with the lowest L_gen — the un-augmented images x — joins the pool with its labels (the FAEs).
 
     Information bottleneck. Z = f_l^T(x_a) is the output of teacher layer l (``layer``; default
-    the teacher's ``default_feature_layer``, e.g. block3 of a WRN), f_{l+}^T = ``teacher.head(·, l)``
-    the rest of the teacher, so T(x_a) = f_{l+}^T(Z) (one teacher pass serves both). At every
+    the teacher's ``default_feature_layer``: on a WRN the final BatchNorm ``bn1``, after block3
+    and before the ReLU, as the code's ``--int_pop 3``), f_{l+}^T = ``teacher.head(·, l)`` the
+    rest of the teacher, so T(x_a) = f_{l+}^T(Z) (one teacher pass serves both). At every
     generator step a fresh λ_r ∈ R^{N×C×1×1} (init 0) is fitted by Adam (lr 0.1, ``ib_steps``
     = 50) on Z.detach():
 
         Z_I = Z + σ ⊙ ε,   σ = softplus(λ_r),   ε ~ N(0, 1)                        (Eq. 4)
         L(λ_r) = CE(f_{l+}(Z_I), y) + β·Σ_c (v_c/σ_c² + log(σ_c²/v_c) − 1),  β = 0.3   (Eq. 5)
 
-    v_c is the (biased) spatial variance of channel c of Z, per sample, floored at 1e-6 (a
-    ReLU channel that is zero everywhere would make log(σ²/v) infinite). "Per channel" means:
-    one noise *scale* σ per (sample, channel), shared by the H×W positions of that channel; the
-    noise ε itself is drawn independently per element (shape of Z) and fresh at every step.
-    The KL term is summed over channels and averaged over the batch, like the CE.
-    With the fitted σ and a fresh ε, channel k is *non-robust* when
+    "Per channel": one noise scale σ and one draw ε per (sample, channel), broadcast over the
+    H×W positions (``ib_noise: channel``, the code's shape [N, C, 1, 1]), fresh at every step;
+    ``element`` draws ε per element. v_c is the spatial variance of channel c of Z, per sample
+    (``variance``: biased, or unbiased as the code), kept away from 0 where a ReLU channel is
+    constant (``variance_guard``: v ≥ 1e-6, or the code's δ = 1e-10 added to v and σ²). The KL
+    term is summed over channels and averaged over the batch (``ib_kl_reduction: half_mean``:
+    the code's ½·mean). With the fitted σ, channel k is *non-robust* when
 
         σ_k² < max_c Var(Z_I^c)                                                     (Eq. 6)
 
-    with Var the biased spatial variance of channel c of Z_I. Paper reading (default
-    ``mask_max: per_sample``): the max runs over the channels of the same sample, one
-    threshold per sample. Note (measured, and pinned by a test): Var(Z_I^c) ≈ v_c + σ_c² ≥ σ_c²,
-    so the max is at least about the largest σ_c² and the rule flags (almost) every channel —
-    only channels whose σ_k² is near the largest can escape; with a partly trained Fashion-MNIST
-    cnn5 teacher the flagged fraction (``gen_mask``) is 1.0 in both modes, making Z_nr ≈ Z and L_uni ≈ KL(U ‖ T(x_a)).
-    The rule is implemented as written. The released code thresholds with the variance of the
-    clean Z instead (``mask_variance: clean``; it calls σ_k² > max Var(Z) "robust", the rest
-    non-robust), which is not degenerate by construction — yet on the shipped cnn5 teacher, 128
-    of FERD's synthetic images, it too flags 1.000 of the channels with the batch max (0.94–0.99
-    with a per-sample max): the fitted σ_k² stay near v_k, below the largest v. Then
+    Var the spatial variance of channel c of Z_I; the max runs over the channels of the same
+    sample (``mask_max: per_sample``; ``batch``: the code's one max over the batch). With channel
+    noise Var(Z_I^c) = Var(Z^c) exactly, so Eq. 6 as printed and the code's threshold on the
+    clean Z (``mask_variance: clean``) coincide; with element noise Var(Z_I^c) ≈ v_c + σ_c², which
+    flags almost every channel by construction. Then
 
         Z_nr = mask ⊙ Z  (mask constant; the gradient flows through Z into G),
         L_uni = KL(U ‖ softmax(f_{l+}(Z_nr))),  U uniform over the C classes.        (Eq. 7)
 
-(b) *Robustness-guided class reweighting* (Eqs. 1–2) on the epoch's synthetic batch (the best
-    iterate and its labels): x_adv = PGD-K on the **teacher** (CE, ε, α, uniform random start,
+(b) *Robustness-guided class reweighting* (Eqs. 1–2) on the epoch's synthetic batch
+    (``difficulty_images``: the best iterate as pooled, or the code's last augmented iterate)
+    and its labels: x_adv = PGD-K on the **teacher** (CE, ε, α, uniform random start,
     K = ``reweight_steps`` = 20; ``harness.attacks.pgd``),
 
         m_i = T(x_adv)_{y_i} − max_{j≠y_i} T(x_adv)_j                                 (Eq. 1)
         D_c = mean_{i: y_i = c} (−m_i),   p = softmax(D / τ),  τ = 1                  (Eq. 2)
 
-    A class absent from the batch keeps its previous D_c (0 before it is first seen, i.e.
-    "on the decision boundary"). Table 6 variants (Fair-ARD) use the least PGD steps of the same
-    attack: LPS_i = the first t ∈ [0, K] at which the iterate x^(t) (x^(0) the random start) is
-    misclassified by the teacher, K if never; κ_c = mean_{i: y_i = c} LPS_i (absent classes keep
-    theirs, K/2 before first seen) and ω_c ∝ (κ_c + 1e-5)^−β (power, β 2; the 1e-5 is Fair-ARD's),
-    1 − κ_c/(K+1) (linear), sigmoid(λ + 5(1 − 2κ_c/K)), (1 + tanh(λ + 5(1 − 2κ_c/K)))/2
-    (λ = 0), normalised to sum to 1. D and κ are computed and logged in every mode, also
-    ``none`` (the "w/o reweighting" ablation, p stays uniform).
+    A class absent from the batch keeps its previous D_c (0 before it is first seen;
+    ``absent_classes: zero`` sets it to 0 as the code). ``difficulty: clean_ce`` is the repository's
+    first upload (bfb8be4): D_c = the teacher's mean CE on the clean images, no attack. Table 6
+    variants (Fair-ARD) use the least PGD steps of the same attack: LPS_i = the first t ∈ [0, K]
+    at which the iterate x^(t) (x^(0) the random start) is misclassified by the teacher, K if
+    never; κ_c = mean_{i: y_i = c} LPS_i (absent classes keep theirs, K/2 before first seen) and
+    ω_c ∝ (κ_c + 1e-5)^−β (power, β 2; the 1e-5 is Fair-ARD's), 1 − κ_c/(K+1) (linear),
+    sigmoid(λ + 5(1 − 2κ_c/K)), (1 + tanh(λ + 5(1 − 2κ_c/K)))/2 (λ = 0), normalised to sum to 1.
+    D and κ are computed and logged in every mode, also ``none`` (p stays uniform).
 
 (c) The trainer then runs T_s student steps on pool batches x_F (``sample``):
 
@@ -75,8 +77,13 @@ Algorithm 1, one epoch (T_g = ``schedule.generator_steps``, T_s = ``schedule.stu
 
         x_U ← Π_{B_ε(x_F) ∩ [0,1]}(x_U + α·sign ∇_{x_U}[KL(T(x_F) ‖ M(x_U)) − γ·KL(U ‖ M(x_U))]),
 
-    γ = 0.5, M the teacher (paper) in eval mode without parameter gradients. γ = 0 is exactly
-    the plain KL-PGD of ``harness.backbone.distill.kl_pgd`` on M (same noise, same steps).
+    γ = 0.5, M in eval mode without parameter gradients. M is the **student** (``utae_model``):
+    Eq. 10 prints f^T, which is evidently a misprint — §3.2 and §4.4 motivate UTAEs by the
+    student's target-dependent vulnerability, Theorem 2 bounds the risk of the model being
+    trained, Fig. 5 calls γ = 0 "standard PGD", the baselines' RSLAD step attacks the student,
+    the appendix's 10 steps of 2/255 are the code's student attack, and the code attacks the
+    student in eval mode; ``teacher`` keeps Eq. 10 as printed. γ = 0 is exactly the plain
+    KL-PGD of ``harness.backbone.distill.kl_pgd`` on M (same noise, same steps).
 
     Student loss (``student_loss``, Eq. 11):
         L_S = λ_1·KL(T(x_F) ‖ S(x_F)) + λ_2·KL(T(x_F) ‖ S(x_U)),  λ_1 = 5/6 (clean), λ_2 = 1/6
@@ -92,36 +99,40 @@ per-class counts of the epoch's labels (``class_counts``) and the generator loss
 best iterate (``gen_*``; ``gen_ib`` the final λ_r objective, ``gen_mask`` the fraction of
 channels flagged non-robust).
 
-Released code vs paper (switches; the ``ferd-code`` preset turns every one to the code's side)
+Released code vs paper (switches; ``ferd-code`` = the code's side of every one)
 ----------------------------------------------------------------------------------------
-- ``utae_model``: ``teacher`` (paper, Eq. 10) | ``student`` (code: attacks the student, eval mode);
 - ``gamma``: 0.5 (paper) | 0 (code: the γ term is commented out);
 - ``reweight``: ``softmax`` (paper, Eq. 2) | ``minmax`` (code: D min-max normalised to
   [0.05, 0.2], then renormalised to sum 1; uniform when all D_c are equal) | the Table 6
   functions ``power`` ``linear`` ``sigmoid`` ``tanh`` | ``none`` (ablation);
-- ``ib_kl_reduction``: ``sum`` (paper: Σ_c, batch mean) | ``half_mean`` (code: ½·mean over
-  samples and channels);
-- ``mask_max``: ``per_sample`` (paper reading) | ``batch`` (code: one scalar max over the batch);
-- ``mask_variance``: ``noisy`` (paper: Var(Z_I) in Eq. 6) | ``clean`` (code: Var(Z));
-- ``difficulty``: ``margin`` (paper: D_c from the PGD-K margins of Eq. 1) | ``clean_ce`` (code: D_c =
-  the teacher's mean CE per class on the clean synthetic images, no attack; κ is still measured);
+- ``difficulty_images`` best | last_view (code); ``absent_classes`` keep | zero (code);
+- ``ib_kl_reduction`` sum | half_mean (code); ``variance`` biased | unbiased (code);
+  ``variance_guard`` floor | offset (code); ``mask_max`` per_sample | batch (code);
+  ``mask_variance`` noisy | clean (code); ``ib_noise`` channel (code, default) | element;
 - ``adversarial_loss``: ``kl`` (paper: L_adv = −KL(T ‖ S)) | ``dkl`` (code: −``decoupled_kl`` with
   the prior softmax(T/100), whose wMSE part does not vanish, gradients through T in Δt and the prior,
   T constant in the soft CE — so, unlike −KL, no gradient through the teacher's entropy);
 - ``student_loss``: ``kl`` (paper) | ``ikl`` (code: the decoupled KL of Cui et al. — a weighted
   MSE on pairwise logit differences, ¼·Σ_{j,k} w_jk (Δt_jk − Δs_jk)² per sample with
-  w = prior ⊗ prior, plus the soft-label CE −Σ_j softmax(t)_j log softmax(s)_j; α = β = 1,
-  temperature 1). The code's class prior is the one-hot label of the sample, so w is non-zero
-  only at (y, y), where both differences are z_y − z_y = 0: **the wMSE part is identically 0**
-  and ikl = soft CE = KL(T ‖ S) + H(T), i.e. KL plus a constant with the same student gradient.
-  The switch therefore changes the logged loss value, not the training;
-- ``reset_generator``: true (code, also the default) | false (one persistent G and its Adam).
+  w = prior ⊗ prior, plus the soft-label CE −Σ_j softmax(t)_j log softmax(s)_j). The code's class
+  prior is the one-hot label, so w is non-zero only at (y, y), where both differences vanish: the
+  wMSE part is identically 0 and ikl = KL(T ‖ S) + H(T), the same student gradient as KL;
+- ``reset_generator``: true (code, also the default) | false (one persistent G and its Adam);
+- ``utae_model``: student (code; default, see (c)) | teacher (Eq. 10 as printed);
+- ``adversarial_sign``: ascent (text, code; default) | as_printed (Eq. 8's sign).
+The code's student schedule — cosine stepped once per epoch over all epochs, the 20 warm-up epochs
+included — is the shared schedule switch ``schedule.lr_schedule: epochs``.
 
-Other choices: the student runs in eval mode without parameter gradients during synthesis, and
-L_adv reaches G through both T(x_a) and S(x_a);
-teacher forward/backward passes of the generation (made through ``features``/``head``) are
-added to the cost by hand, the IB fitting passes through f_{l+} are not counted; crops and
-flips are drawn per image (CMI's ``global_view``).
+Not replicated (docs/methods.md): the current code's reweighting call ``pgd_attack(teacher,
+x_syn, t_logit_z, labels)`` passes the logits as labels and the labels as ε, a TypeError at the
+end of epoch 1; fixed, its ``pgd_attack`` leaves the teacher in train mode (dropout 0.3, BN
+statistics drifting) for the margins and until the next epoch.
+
+Other choices: the student runs in eval mode without parameter gradients during synthesis
+(``Method.student_for_synthesis``), and L_adv reaches G through both T(x_a) and S(x_a); teacher
+forward/backward passes of the generation (made through ``features``/``head``) are added to the
+cost by hand, the IB fitting passes through f_{l+} are not counted; crops and flips are drawn per
+image (CMI's ``global_view``).
 """
 
 from __future__ import annotations
@@ -150,7 +161,8 @@ from methods.cmi import ADAM_BETAS, global_view
 LPS_WEIGHTINGS = ("power", "linear", "sigmoid", "tanh")
 MINMAX_RANGE = (0.05, 0.2)  # the code's target interval for D before renormalising
 POWER_EPS = 1e-5  # Fair-ARD's (κ + 1e-5)^−β
-VAR_FLOOR = 1e-6  # floor of the spatial variance v_c in Eq. 5
+VAR_FLOOR = 1e-6  # floor of the spatial variance v_c in Eq. 5 (variance_guard: floor)
+VAR_OFFSET = 1e-10  # the code's δ added to v_c and σ_c² in Eq. 5 (variance_guard: offset)
 UTAE_INIT_STD = 0.001
 DKL_PRIOR_TEMPERATURE = 100.0  # the code's T2 of the generator's decoupled-KL prior
 
@@ -166,6 +178,9 @@ class Params:
     lambda_adv: float = param(1.0, ge=0, doc="weight of L_adv = −KL(T‖S)")
     adversarial_loss: Literal["kl", "dkl"] = param(
         "kl", key_at_default=False, doc="L_adv: −KL(T‖S) (paper) | −decoupled KL, prior softmax(T/100) (code)")
+    adversarial_sign: Literal["ascent", "as_printed"] = param(
+        "ascent", key_at_default=False,
+        doc="L_adv enters L_gen so that G increases the divergence (text, code) | with Eq. 8's printed sign")
     lambda_bn: float = param(5.0, ge=0, doc="weight of the BN-statistics loss")
     lambda_oh: float = param(1.0, ge=0, doc="weight of CE(T(x), y)")
     lambda_uni: float = param(5.0, ge=0, doc="weight of L_uni (0: the 'w/o FAEs' ablation)")
@@ -174,6 +189,12 @@ class Params:
     ib_lr: float = param(0.1, gt=0, doc="Adam lr of λ_r")
     ib_beta: float = param(0.3, ge=0, doc="β of the KL term of Eq. 5")
     ib_kl_reduction: Literal["sum", "half_mean"] = param("sum", doc="sum (paper) | half_mean (code)")
+    ib_noise: Literal["channel", "element"] = param(
+        "channel", doc="ε of Eq. 4: one draw per sample and channel (code) | one per element")
+    variance: Literal["biased", "unbiased"] = param(
+        "biased", key_at_default=False, doc="spatial variance in Eqs. 5–6: biased | unbiased (code)")
+    variance_guard: Literal["floor", "offset"] = param(
+        "floor", key_at_default=False, doc="Eq. 5's log: v floored at 1e-6 | 1e-10 added to v and σ² (code)")
     mask_max: Literal["per_sample", "batch"] = param("per_sample", doc="max of Eq. 6 per sample (paper) | batch (code)")
     mask_variance: Literal["noisy", "clean"] = param(
         "noisy", key_at_default=False, doc="variance in Eq. 6's threshold: of Z_I (paper) | of Z (code)")
@@ -183,12 +204,17 @@ class Params:
     difficulty: Literal["margin", "clean_ce"] = param(
         "margin", key_at_default=False,
         doc="D_c: −margin after PGD-K on the teacher (paper, Eq. 1) | teacher CE on the clean images (code)")
+    difficulty_images: Literal["best", "last_view"] = param(
+        "best", key_at_default=False,
+        doc="images of Eqs. 1–2: the pooled best iterate | the last augmented iterate (code)")
+    absent_classes: Literal["keep", "zero"] = param(
+        "keep", key_at_default=False, doc="D_c of a class absent from the batch: its previous value | 0 (code)")
     reweight_steps: int = param(20, ge=1, doc="K: PGD steps on the teacher for margins and LPS")
     lps_beta: float = param(2.0, gt=0, doc="β of the power weighting κ^−β")
     lps_lambda: float = param(0.0, doc="λ of the sigmoid / tanh weightings")
     gamma: float = param(0.5, ge=0, doc="γ of the UTAE uniformity term (0: plain KL-PGD)")
-    utae_model: Literal["teacher", "student"] = param(
-        "teacher", doc="model attacked by the UTAEs: teacher (paper) | student (code)")
+    utae_model: Literal["student", "teacher"] = param(
+        "student", doc="model attacked by the UTAEs: student (code; §3.2, §4.4) | teacher (Eq. 10 as printed)")
     lambda_clean: float = param(5 / 6, ge=0, doc="λ_1: weight of KL(T(x_F) ‖ S(x_F))")
     lambda_utae: float = param(1 / 6, ge=0, doc="λ_2: weight of KL(T(x_F) ‖ S(x_U))")
     student_loss: Literal["kl", "ikl"] = param("kl", doc="kl (paper) | ikl (code's decoupled KL)")
@@ -280,15 +306,28 @@ def teacher_pgd_statistics(teacher: nn.Module, x: torch.Tensor, labels: torch.Te
 
 
 # --------------------------------------------------------------------------- (a) information bottleneck
-def kl_to_prior(features: torch.Tensor, sigma: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+def spatial_variance(z: torch.Tensor, variance: str = "biased") -> torch.Tensor:
+    """Per-sample, per-channel variance over the H×W positions of ``z`` (N×C×1×1), ``biased`` (÷HW)
+    or ``unbiased`` (÷(HW − 1), torch's default, the code's)."""
+    return z.var(dim=(2, 3), unbiased=variance == "unbiased", keepdim=True)
+
+
+def kl_to_prior(features: torch.Tensor, sigma: torch.Tensor, reduction: str = "sum", *, variance: str = "biased",
+                guard: str = "floor") -> torch.Tensor:
     """KL term of Eq. 5: Σ_c (v_c/σ_c² + log(σ_c²/v_c) − 1), v_c the spatial variance of Z.
 
     ``sum`` (paper): summed over channels, averaged over samples; ``half_mean`` (code): ½ × the
-    mean over samples and channels.
+    mean over samples and channels. ``guard`` keeps the log finite where a channel is constant
+    (v = 0): ``floor`` v ≥ 1e-6; ``offset`` (code) v/(σ² + δ) + log((σ² + δ)/(v + δ)), δ = 1e-10.
     """
-    var = features.var(dim=(2, 3), unbiased=False, keepdim=True).clamp_min(VAR_FLOOR)
-    ratio = var / sigma**2
-    terms = ratio - torch.log(ratio) - 1
+    var = spatial_variance(features, variance)
+    if guard == "floor":
+        var = var.clamp_min(VAR_FLOOR)
+        terms = var / sigma**2 + torch.log(sigma**2 / var) - 1
+    elif guard == "offset":
+        terms = var / (sigma**2 + VAR_OFFSET) + torch.log((sigma**2 + VAR_OFFSET) / (var + VAR_OFFSET)) - 1
+    else:
+        raise ValueError(f"unknown variance guard {guard!r}")
     if reduction == "sum":
         return terms.flatten(1).sum(1).mean()
     if reduction == "half_mean":
@@ -296,24 +335,38 @@ def kl_to_prior(features: torch.Tensor, sigma: torch.Tensor, reduction: str = "s
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
+def bottleneck_noise(features: torch.Tensor, kind: str = "channel") -> torch.Tensor:
+    """ε of Eq. 4, drawn on the CPU: ``channel`` one N(0, 1) draw per sample and channel (N×C×1×1,
+    broadcast over H×W, the code's), ``element`` one per element of Z."""
+    if kind == "channel":
+        return randn((*features.shape[:2], 1, 1), device=features.device, dtype=features.dtype)
+    if kind == "element":
+        return randn_like(features)
+    raise ValueError(f"unknown bottleneck noise {kind!r}")
+
+
 def ib_objective(head: nn.Module | Any, features: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor,
-                 noise: torch.Tensor, beta: float, reduction: str = "sum") -> torch.Tensor:
+                 noise: torch.Tensor, beta: float, reduction: str = "sum", *, variance: str = "biased",
+                 guard: str = "floor") -> torch.Tensor:
     """L(λ_r) = CE(f_{l+}(Z + softplus(λ_r)·ε), y) + β·KLterm (Eqs. 4–5) for a given noise ε."""
     sigma = F.softplus(lam)
     logits = head(features + sigma * noise)
-    return F.cross_entropy(logits, labels) + beta * kl_to_prior(features, sigma, reduction)
+    return F.cross_entropy(logits, labels) + beta * kl_to_prior(features, sigma, reduction, variance=variance,
+                                                                guard=guard)
 
 
 def fit_bottleneck(head: Any, features: torch.Tensor, labels: torch.Tensor, *, steps: int, lr: float, beta: float,
-                   reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit λ_r (init 0, Adam) on Z.detach() for ``steps`` steps, fresh ε each step (drawn on the
-    CPU); returns σ and the last L (a detached device scalar: no host sync inside the fit)."""
+                   reduction: str = "sum", noise: str = "channel", variance: str = "biased",
+                   guard: str = "floor") -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit λ_r (init 0, Adam) on Z.detach() for ``steps`` steps, fresh ε (``bottleneck_noise``) each
+    step; returns σ and the last L (a detached device scalar: no host sync inside the fit)."""
     features = features.detach()
     lam = torch.zeros(*features.shape[:2], 1, 1, device=features.device, requires_grad=True)
     optimizer = torch.optim.Adam([lam], lr=lr)
     value = torch.full((), math.nan, device=features.device)
     for _ in range(steps):
-        loss = ib_objective(head, features, labels, lam, randn_like(features), beta, reduction)
+        loss = ib_objective(head, features, labels, lam, bottleneck_noise(features, noise), beta, reduction,
+                            variance=variance, guard=guard)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -321,13 +374,15 @@ def fit_bottleneck(head: Any, features: torch.Tensor, labels: torch.Tensor, *, s
     return F.softplus(lam.detach()), value
 
 
-def nonrobust_mask(sigma: torch.Tensor, reference: torch.Tensor, mode: str = "per_sample") -> torch.Tensor:
-    """Eq. 6: 1 where σ_k² < max_c Var(R^c) (Var: biased spatial variance), else 0; N×C×1×1.
+def nonrobust_mask(sigma: torch.Tensor, reference: torch.Tensor, mode: str = "per_sample",
+                   variance: str = "biased") -> torch.Tensor:
+    """Eq. 6: 1 where σ_k² < max_c Var(R^c) (Var: the spatial variance), else 0; N×C×1×1.
 
-    R is Z_I (paper) or Z (code's ``mask_variance: clean``). ``per_sample`` (paper reading): the
-    max over the channels of each sample; ``batch`` (code): one scalar max over every sample and channel.
+    R is Z_I (paper) or Z (code's ``mask_variance: clean``); with channel noise the two have the
+    same spatial variance. ``per_sample`` (paper reading): the max over the channels of each
+    sample; ``batch`` (code): one scalar max over every sample and channel.
     """
-    var = reference.var(dim=(2, 3), unbiased=False, keepdim=True)
+    var = spatial_variance(reference, variance)
     threshold = var.amax(dim=1, keepdim=True) if mode == "per_sample" else var.max()
     return (sigma**2 < threshold).to(reference.dtype)
 
@@ -415,10 +470,15 @@ def resolve_layer(teacher: nn.Module, layer: str | None) -> str:
     return chosen
 
 
+CODE = {  # the released code (mayaobuduyao/FERD at d1d79c7), every switch on its side
+    "utae_model": "student", "gamma": 0.0, "reweight": "minmax", "difficulty": "margin",
+    "difficulty_images": "last_view", "absent_classes": "zero", "ib_kl_reduction": "half_mean",
+    "ib_noise": "channel", "variance": "unbiased", "variance_guard": "offset", "mask_max": "batch",
+    "mask_variance": "clean", "student_loss": "ikl", "adversarial_loss": "dkl"}
 PRESETS = {
-    "ferd-code": {"utae_model": "student", "reweight": "minmax", "ib_kl_reduction": "half_mean",
-                  "mask_max": "batch", "mask_variance": "clean", "gamma": 0.0, "student_loss": "ikl",
-                  "adversarial_loss": "dkl", "difficulty": "clean_ce"},
+    "ferd-code": CODE,
+    # the repository's first upload (bfb8be4, 2025-05-23): D_c = the teacher's CE on the last clean view
+    "ferd-code-bfb8be4": CODE | {"difficulty": "clean_ce"},
     "ferd-no-reweight": {"reweight": "none"},
     "ferd-no-fae": {"lambda_uni": 0.0},
     "ferd-no-utae": {"gamma": 0.0},
@@ -428,7 +488,7 @@ PRESETS = {
 
 @register_method("ferd", presets=PRESETS)
 class FERD(Method):
-    version = "1"
+    version = "2"
     Params = Params
 
     @classmethod
@@ -464,8 +524,9 @@ class FERD(Method):
         self.utae_total = 0
 
     # ------------------------------------------------------------------ (a) generation
-    def _generator_loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_gen on one augmented view of x, and its terms (detached device scalars)."""
+    def _generator_loss(self, x: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """L_gen on one augmented view of x, its terms (detached device scalars) and the view."""
         ctx, p = self.ctx, self.params
         teacher = ctx.teacher
         view = global_view(x, ctx.info)
@@ -480,23 +541,26 @@ class FERD(Method):
         terms = {"bn": loss_bn.detach(), "oh": loss_oh.detach()}
         if p.lambda_adv > 0:
             loss_adv = generator_adversarial_loss(teacher_logits, ctx.student(view), p.adversarial_loss)
-            total = total + p.lambda_adv * loss_adv
+            sign = 1.0 if p.adversarial_sign == "ascent" else -1.0  # as printed, G would shrink the divergence
+            total = total + sign * p.lambda_adv * loss_adv
             terms["adv"] = loss_adv.detach()
         if p.lambda_uni > 0:
             head = lambda z: teacher.head(z, self.layer)  # noqa: E731
             sigma, ib_value = fit_bottleneck(head, features, labels, steps=p.ib_steps, lr=p.ib_lr, beta=p.ib_beta,
-                                             reduction=p.ib_kl_reduction)
+                                             reduction=p.ib_kl_reduction, noise=p.ib_noise, variance=p.variance,
+                                             guard=p.variance_guard)
             reference = features.detach()
             if p.mask_variance == "noisy":
-                reference = reference + sigma * randn_like(features)
-            mask = nonrobust_mask(sigma, reference, p.mask_max)
+                reference = reference + sigma * bottleneck_noise(features, p.ib_noise)
+            mask = nonrobust_mask(sigma, reference, p.mask_max, p.variance)
             loss_uni = uniform_kl(head(mask * features))
             total = total + p.lambda_uni * loss_uni
             terms |= {"uni": loss_uni.detach(), "ib": ib_value, "mask": mask.mean()}
-        return total, terms
+        return total, terms, view.detach()
 
-    def _generate(self, labels: torch.Tensor) -> tuple[torch.Tensor, float, dict[str, float]]:
-        """max(1, T_g) joint Adam steps on (G, z); the best iterate's images, loss and terms."""
+    def _generate(self, labels: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor, float, dict[str, float]]:
+        """max(1, T_g) joint Adam steps on (G, z); the best iterate's images, the last iterate's
+        augmented view, the best loss and its terms."""
         ctx, p = self.ctx, self.params
         if p.reset_generator:
             self.generator.reset()
@@ -504,10 +568,10 @@ class FERD(Method):
         z = randn((len(labels), p.nz), device=ctx.device).requires_grad_(True)
         z_optimizer = torch.optim.Adam([z], lr=p.lr_z, betas=ADAM_BETAS)
         best = BestIterate()
-        with attack_mode(ctx.student):
+        with self.student_for_synthesis(epoch):
             for _ in range(max(1, ctx.generator_steps)):
                 x = self.generator(z)
-                loss, terms = self._generator_loss(x, labels)
+                loss, terms, last_view = self._generator_loss(x, labels)
                 best.update(loss, terms, images=x)
                 self.generator_optimizer.zero_grad(set_to_none=True)
                 z_optimizer.zero_grad(set_to_none=True)
@@ -516,7 +580,7 @@ class FERD(Method):
                 z_optimizer.step()
         values = best.numbers()
         best_loss = values.pop("loss")
-        return best["images"], best_loss, values
+        return best["images"], last_view, best_loss, values
 
     # ------------------------------------------------------------------ (b) reweighting
     def _reweight(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -524,13 +588,14 @@ class FERD(Method):
         ctx, p = self.ctx, self.params
         margins, lps = teacher_pgd_statistics(ctx.teacher, images, labels, epsilon=ctx.epsilon,
                                               step_size=ctx.step_size, steps=p.reweight_steps)
+        previous = self.difficulty if p.absent_classes == "keep" else torch.zeros_like(self.difficulty)
         if p.difficulty == "margin":
-            self.difficulty = class_means(-margins, labels, self.difficulty)
+            self.difficulty = class_means(-margins, labels, previous)
         else:
             with torch.no_grad():
                 loss = F.cross_entropy(ctx.teacher(images), labels, reduction="none")
             ctx.cost.teacher_forward_images += len(images)
-            self.difficulty = class_means(loss.to(torch.float64), labels, self.difficulty)
+            self.difficulty = class_means(loss.to(torch.float64), labels, previous)
         self.lps = class_means(lps.to(torch.float64), labels, self.lps)
         if p.reweight == "softmax":
             self.class_weights = softmax_weights(self.difficulty, p.tau)
@@ -546,10 +611,10 @@ class FERD(Method):
         self._reset_utae_log()
         n = ctx.batch_size
         labels = place(torch.multinomial(self.class_weights, n, replacement=True), ctx.device)
-        images, best_loss, terms = self._generate(labels)
+        images, last_view, best_loss, terms = self._generate(labels, epoch)
         self.pool.add(images, labels)
         ctx.cost.images_synthesized += n
-        self._reweight(images, labels)
+        self._reweight(images if self.params.difficulty_images == "best" else last_view, labels)
         counts = torch.bincount(to_host(labels), minlength=ctx.info.num_classes)
         return {"gen_loss": best_loss} | {f"gen_{name}": value for name, value in terms.items()} | {
             "class_weights": self.class_weights.tolist(), "class_difficulty": self.difficulty.tolist(),

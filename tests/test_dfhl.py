@@ -7,15 +7,20 @@ import pytest
 import torch
 from torch import nn
 
+import methods.dfhl as dfhl_module
 from harness.backbone.cost import Cost
+from harness.backbone.devices import rand, randn
 from harness.backbone.method import MethodContext
+from harness.config import Schedule
 from harness.data import get_dataset
+from harness.schema import SchemaError, build, field_names, to_plain
 from methods.dfhl import (
     DFHL,
     Params,
     balance_term,
     entropy,
     generator_loss,
+    hee_step,
     high_entropy_examples,
     smooth_one_hot,
     strong_augment,
@@ -55,6 +60,32 @@ def test_generator_loss_on_a_three_class_fixture():
     assert balance_term(torch.zeros(4, 3)).item() == pytest.approx(-math.log(3), abs=1e-6)
     # logits are only defined up to a constant per row
     torch.testing.assert_close(generator_loss(student.log() + 5, targets, balance=3.0)[0], total)
+
+
+def test_log10_balance_is_the_natural_log_balance_with_weight_lambda_over_ln10():
+    """λ·Σ p̄ log10 p̄ = (λ/ln 10)·Σ p̄ ln p̄: the code's λ = 3 in log10 acts as 1.30 in natural log."""
+    assert 3 / math.log(10) == pytest.approx(1.3029, abs=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    logits = (2 * randn((6, 4), generator=generator)).requires_grad_(True)
+    targets = smooth_one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4, 0.2)
+    # by hand on a fixed p̄: Σ p̄ log10 p̄ = Σ p̄ ln p̄ / ln 10
+    mean = [0.4, 0.4, 0.2]
+    natural = sum(p * math.log(p) for p in mean)
+    assert sum(p * math.log10(p) for p in mean) == pytest.approx(natural / math.log(10), abs=1e-12)
+    fixed = torch.tensor(mean).log().expand(5, 3)
+    assert balance_term(fixed, log10=True).item() == pytest.approx(natural / math.log(10), abs=1e-6)
+
+    code, kl_code, spread_code = generator_loss(logits, targets, balance=3.0, log10=True)
+    (grad_code,) = torch.autograd.grad(code, logits)
+    nat, kl_nat, spread_nat = generator_loss(logits, targets, balance=3.0 / math.log(10))
+    (grad_nat,) = torch.autograd.grad(nat, logits)
+    torch.testing.assert_close(code, nat)  # the same loss ...
+    torch.testing.assert_close(grad_code, grad_nat)  # ... and the same generator signal
+    torch.testing.assert_close(kl_code, kl_nat)
+    torch.testing.assert_close(spread_code * math.log(10), spread_nat)  # the term itself is reported in its base
+    # λ = 3 in natural log weighs the balance term ln 10 ≈ 2.30 times more than the code does
+    stronger = generator_loss(logits, targets, balance=3.0)[0]
+    torch.testing.assert_close(stronger - kl_nat, math.log(10) * (code - kl_code))
 
 
 def test_balance_term_of_a_saturated_student_has_a_finite_gradient():
@@ -103,6 +134,38 @@ def test_entropy_ascent_raises_the_entropy_without_an_epsilon_ball():
     assert 0 <= edge.min() and edge.max() <= 1
 
 
+def test_hee_step_is_the_absolute_reference_value_unless_set_relative_to_epsilon():
+    # default: the released code's absolute --lr_hee 0.03, whatever ε
+    assert hee_step(Params(), 8 / 255) == 0.03 and hee_step(Params(), 0.1) == 0.03
+    assert hee_step(Params(hee_step_size=0.01), 0.1) == 0.01
+    # relative: η = r·ε; r = 0.03 / (8/255) = 0.95625 gives the reference's 0.03 at ε = 8/255
+    assert 0.03 / (8 / 255) == pytest.approx(0.95625, abs=1e-12)
+    assert hee_step(Params(hee_step_relative=0.95625), 8 / 255) == pytest.approx(0.03, abs=1e-12)
+    assert hee_step(Params(hee_step_relative=0.95625), 0.1) == pytest.approx(0.095625, abs=1e-12)
+    # set, it replaces the absolute step
+    assert hee_step(Params(hee_step_size=0.5, hee_step_relative=0.5), 0.1) == pytest.approx(0.05, abs=1e-12)
+
+
+def test_hee_step_relative_keeps_existing_run_keys_and_is_validated():
+    assert "hee_step_relative" not in to_plain(Params(), for_key=True)  # old keys stay valid
+    assert to_plain(Params(hee_step_relative=0.95625), for_key=True)["hee_step_relative"] == 0.95625
+    assert build(Params, {"hee_step_relative": None}).hee_step_relative is None
+    assert build(Params, {"hee_step_relative": "0.5"}).hee_step_relative == 0.5
+    for bad in (0, -0.1):
+        with pytest.raises(SchemaError, match="hee_step_relative"):
+            build(Params, {"hee_step_relative": bad}, "params")
+    assert DFHL.version == "1"  # no default changed
+
+
+def test_schedule_defaults_are_the_reference_values_and_schedule_fields():
+    """train.py: SGD weight_decay 1e-4, CosineAnnealingLR(T_max = epochs, eta_min 2e-4) stepped per epoch;
+    lr 0.1, momentum 0.9 are shared."""
+    assert DFHL.schedule_defaults == {"weight_decay": 1e-4, "lr_min": 2e-4, "lr_schedule": "epochs"}
+    assert set(DFHL.schedule_defaults) <= set(field_names(Schedule))
+    schedule = build(Schedule, DFHL.schedule_defaults, "schedule")  # valid schedule values
+    assert (schedule.lr, schedule.momentum) == (0.1, 0.9)  # the reference's, already the shared defaults
+
+
 def test_strong_augmentation_is_identity_without_transforms_and_stays_in_range():
     x = torch.rand(6, 3, 16, 16)
     generator = torch.Generator().manual_seed(0)
@@ -132,12 +195,13 @@ class ConstantTeacher(nn.Module):
         return self.bias.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
 
 
-def make_method(teacher, student, params=Params(), generator_steps=2, batch_size=8):
+def make_method(teacher, student, params=Params(), generator_steps=2, batch_size=8, epsilon=None):
     info = get_dataset("synthetic")
     teacher.eval().requires_grad_(False)
     cost = Cost()
     cost.watch_teacher(teacher)
-    context = MethodContext(teacher=teacher, student=student, info=info, epsilon=info.epsilon,
+    epsilon = info.epsilon if epsilon is None else epsilon
+    context = MethodContext(teacher=teacher, student=student, info=info, epsilon=epsilon,
                             step_size=info.step_size, attack_steps=2, batch_size=batch_size,
                             generator_steps=generator_steps, pool_size=1000, device=torch.device("cpu"), cost=cost)
     return DFHL(params, context)
@@ -199,6 +263,37 @@ def test_student_loss_sees_only_hard_labels():
     torch.testing.assert_close(hee_only, ce(student(x_adv), teacher(x_adv).argmax(1)))
     diagnostics = method.end_of_epoch(0)
     assert set(diagnostics) == {"hee_entropy", "hee_label_change"} and method.end_of_epoch(1) == {}
+
+
+@pytest.mark.parametrize(("params", "epsilon", "eta"), [
+    (Params(hee_steps=1, crop_min=1.0, rotation=0.0, noise=0.0), 0.1, 0.03),  # absolute default, any ε
+    (Params(hee_steps=1, crop_min=1.0, rotation=0.0, noise=0.0, hee_step_relative=0.5), 0.1, 0.05),
+    (Params(hee_steps=1, crop_min=1.0, rotation=0.0, noise=0.0, hee_step_relative=0.95625), 8 / 255, 0.03),
+])
+def test_adversarial_takes_the_hee_step_of_its_settings(monkeypatch, params, epsilon, eta):
+    """Spy on the entropy ascent: the step it is given, and one step x + η·sign(∇ₓ H) checked by hand."""
+    calls = []
+
+    def spy(student, x, *, steps, step_size):
+        calls.append({"start": x.clone(), "steps": steps, "step_size": step_size})
+        return high_entropy_examples(student, x, steps=steps, step_size=step_size)
+
+    monkeypatch.setattr(dfhl_module, "high_entropy_examples", spy)
+    student = confident_linear(seed=3, classes=10, size=16)
+    method = make_method(ConstantTeacher(10, 0), student, params, epsilon=epsilon)
+    generator = torch.Generator().manual_seed(0)
+    x = 0.25 + 0.5 * rand((4, 3, 16, 16), generator=generator)
+    x_hee = method.adversarial(x, torch.zeros(4, 10), torch.Generator().manual_seed(1))
+
+    (call,) = calls
+    assert call["steps"] == 1 and call["step_size"] == pytest.approx(eta, abs=1e-12)
+    start = call["start"]
+    torch.testing.assert_close(start, x, atol=1e-5, rtol=0)  # no crop, rotation, noise or flip here
+    start_grad = start.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(entropy(student(start_grad)).sum(), start_grad)
+    torch.testing.assert_close(x_hee, (start + eta * grad.sign()).clamp(0, 1))
+    moved = (x_hee - start).abs()
+    assert moved.max().item() == pytest.approx(eta, abs=1e-6)  # interior pixels: no clamp, no ε-ball
 
 
 def test_default_params_per_dataset():

@@ -73,3 +73,24 @@ def test_activation_meter_counts_what_autograd_keeps():
     assert meter.peak == 4 * 8 * 4 * 2
     loss.backward()
     assert meter.live == 0
+
+
+def test_zskt_reference_mode_spreads_its_generator_step_over_n_s_student_steps(tmp_path):
+    """ZSKT's reference mode generates inside ``sample`` on every n_s-th step: the estimate's mean
+    student step times n_s equals the FLOPs of n_s consecutive steps counted one by one."""
+    from harness.estimate import _flops, probe_trainer
+
+    text = GRID.format(epochs=2, warmup=0, steps=4, batch=6, attack_steps=1, n_eval=10).replace(
+        "student: linear-toy", "student: resnet8").replace("arch: linear-toy", "arch: cnn5").replace(
+        "method: [noise]", "method: [zskt]\nmethods:\n  zskt: {n_s: 3}")
+    (tmp_path / "exp.yaml").write_text(text)
+    (spec,) = load_experiment(tmp_path / "exp.yaml").cells
+    assert spec.params.mode == "reference"
+    cost = estimate_cell(spec)
+    trainer = probe_trainer(spec, tmp_path / "probe", 1)
+    trainer.student.train()
+    generator = torch.Generator().manual_seed(0)
+    counted = [_flops(lambda: trainer.student_step(generator))[0] for _ in range(3)]
+    assert counted[0] > counted[1] == counted[2]  # the first of the group generates
+    assert cost.synthesis_flops == 0
+    assert 3 * cost.student_step_flops == pytest.approx(sum(counted), rel=1e-9)

@@ -30,7 +30,7 @@ PAPER = {
     "cifar10_reweighting": (5, {"reweight": {"softmax", "power", "linear", "sigmoid", "tanh"}}),
     "cifar10_lambdas": (5, {"lambda_uni": {1.0, 5.0, 10.0}}),
     "cifar10_dfkd_vs_dfrd": (10, {"adversarial": {False, True}}),
-    "cifar10_layer": (3, {"layer": {"block1", "block2", "block3"}}),
+    "cifar10_layer": (3, {"layer": {"block1", "block2", "bn1"}}),
     "cifar10_gamma": (6, {"gamma": {0.0, 0.1, 0.3, 0.5, 0.7, 0.9}}),
     "cifar10_epochs": (3, {"method": {"cmi", "dfhl", "ferd"}}),
     "cifar10_teacher_wrn34_20": (12, {"teacher": {"wrn-34-20"}}),

@@ -1,6 +1,7 @@
 """FERD (methods/ferd.py): every equation on hand-computed fixtures, the switches and presets,
 and the method end to end through ``python -m harness run`` (every preset, and kill-and-resume)."""
 
+import dataclasses
 import io
 import json
 import math
@@ -216,14 +217,15 @@ def test_mask_threshold_reads_the_noisy_or_the_clean_features(models, monkeypatc
     features, references = [], []
     monkeypatch.setattr(ferd, "fit_bottleneck", lambda head, z, *a, **k: features.append(z.detach()) or
                         (torch.full((*z.shape[:2], 1, 1), 0.5), 0.0))
-    monkeypatch.setattr(ferd, "nonrobust_mask", lambda sigma, reference, mode: references.append(reference) or
-                        nonrobust_mask(sigma, reference, mode))
+    monkeypatch.setattr(ferd, "nonrobust_mask", lambda sigma, reference, mode, variance: references.append(reference)
+                        or nonrobust_mask(sigma, reference, mode, variance))
     method._generator_loss(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
     (z,), (reference,) = features, references
     if mask_variance == "clean":
         assert torch.equal(reference, z)
-    else:  # Z + 0.5·ε
-        assert (reference - z).std().item() == pytest.approx(0.5, rel=0.1)
+    else:  # Z + 0.5·ε, ε one draw per sample and channel (the default ib_noise)
+        assert (reference - z).std().item() == pytest.approx(0.5, rel=0.3)
+        torch.testing.assert_close(reference.var(dim=(2, 3)), z.var(dim=(2, 3)))
 
 
 def test_uniform_kl_value_and_zero_for_a_uniform_head():
@@ -411,7 +413,7 @@ base:
 methods:
   ferd: {{ib_steps: 3}}
 grid:
-  method: [ferd, ferd-code, ferd-no-reweight, ferd-no-fae, ferd-no-utae, ferd-no-fae-utae]
+  method: [ferd, ferd-code, ferd-code-bfb8be4, ferd-no-reweight, ferd-no-fae, ferd-no-utae, ferd-no-fae-utae]
 """
 
 
@@ -420,15 +422,18 @@ def test_presets_resolve_to_their_switches(tmp_path):
     cells = {spec.method: spec.params for spec in load_experiment(tmp_path / "presets.yaml").cells}
     base = Params(ib_steps=3)
     assert cells["ferd"] == base
-    assert cells["ferd-code"] == Params(ib_steps=3, utae_model="student", reweight="minmax",
-                                        ib_kl_reduction="half_mean", mask_max="batch", mask_variance="clean",
-                                        gamma=0.0, student_loss="ikl", adversarial_loss="dkl",
-                                        difficulty="clean_ce")
+    code = Params(ib_steps=3, utae_model="student", reweight="minmax", ib_kl_reduction="half_mean",
+                  mask_max="batch", mask_variance="clean", gamma=0.0, student_loss="ikl", adversarial_loss="dkl",
+                  difficulty="margin", difficulty_images="last_view", absent_classes="zero", ib_noise="channel",
+                  variance="unbiased", variance_guard="offset")
+    assert cells["ferd-code"] == code
+    assert cells["ferd-code-bfb8be4"] == dataclasses.replace(code, difficulty="clean_ce")
     assert cells["ferd-no-reweight"] == Params(ib_steps=3, reweight="none")
     assert cells["ferd-no-fae"] == Params(ib_steps=3, lambda_uni=0.0)
     assert cells["ferd-no-utae"] == Params(ib_steps=3, gamma=0.0)
     assert cells["ferd-no-fae-utae"] == Params(ib_steps=3, lambda_uni=0.0, gamma=0.0)
-    assert base.gamma == 0.5 and base.reweight == "softmax" and base.utae_model == "teacher"
+    assert base.gamma == 0.5 and base.reweight == "softmax" and base.utae_model == "student"
+    assert base.ib_noise == "channel" and FERD.version == "2"
     load_plugins()
     assert dict(METHODS.get("ferd-no-fae-utae").overrides) == {"lambda_uni": 0.0, "gamma": 0.0}
     # per-dataset defaults: paper values on CIFAR, smaller bottleneck budgets on the CPU datasets
@@ -509,3 +514,114 @@ def test_killed_run_resumes_with_weights_and_pool(tmp_path, teacher_checkpoint, 
     history = history_of(folder)
     assert len(history) == 2
     assert history == history_of(run_folder(grid_run, "ferd"))  # p, D, pool and generator survived
+
+
+# --------------------------------------------------------------------------- the released code's choices (issue 25)
+def test_channel_noise_keeps_the_spatial_variance_of_every_channel():
+    """ε drawn per (sample, channel) and broadcast over H×W: Var(Z_I^c) = Var(Z^c) exactly, so
+    Eq. 6 as printed (noisy) thresholds with the clean variances; per-element noise adds σ_c²."""
+    import methods.ferd as ferd
+
+    torch.manual_seed(0)
+    z = torch.relu(torch.randn(3, 5, 4, 4))
+    sigma = torch.rand(3, 5, 1, 1) + 0.5
+    noise = ferd.bottleneck_noise(z, "channel")
+    assert noise.shape == (3, 5, 1, 1)
+    torch.testing.assert_close(ferd.spatial_variance(z + sigma * noise), ferd.spatial_variance(z))
+    assert ferd.bottleneck_noise(z, "element").shape == z.shape
+    torch.testing.assert_close(nonrobust_mask(sigma, z + sigma * noise), nonrobust_mask(sigma, z))
+
+
+def test_bottleneck_fit_draws_the_chosen_noise_shape(monkeypatch):
+    import methods.ferd as ferd
+
+    shapes = []
+    original = ferd.ib_objective
+    monkeypatch.setattr(ferd, "ib_objective", lambda head, z, y, lam, noise, *a, **k: shapes.append(
+        tuple(noise.shape)) or original(head, z, y, lam, noise, *a, **k))
+    z, y = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
+    head = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    for kind, shape in (("channel", (2, 3, 1, 1)), ("element", (2, 3, 4, 4))):
+        shapes.clear()
+        fit_bottleneck(head, z, y, steps=2, lr=0.1, beta=0.3, noise=kind)
+        assert shapes == [shape, shape]
+
+
+def test_kl_to_prior_code_form_unbiased_variance_and_offset():
+    """The code's Eq. 5: v = unbiased spatial variance, ½·mean of v/(σ²+δ) + log((σ²+δ)/(v+δ)) − 1."""
+    import methods.ferd as ferd
+
+    z = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]], [[1.0, 1.0], [1.0, 1.0]]]])  # one sample, two channels
+    sigma = torch.tensor([[[[1.0]], [[0.5]]]])
+    delta = 1e-10
+    v_unbiased = [5 / 3, 0.0]  # values 0..3: Σ(x − 1.5)² = 5, / (4 − 1); a constant channel: 0
+    terms = [v / (s**2 + delta) + math.log((s**2 + delta) / (v + delta)) - 1 for v, s in zip(v_unbiased, [1.0, 0.5])]
+    value = ferd.kl_to_prior(z, sigma, "half_mean", variance="unbiased", guard="offset")
+    assert value.item() == pytest.approx(0.5 * sum(terms) / 2, rel=1e-6)
+    # the harness's form: biased variance (5/4), floored at 1e-6, summed over channels
+    v_biased = [5 / 4, 1e-6]
+    expected = sum(v / s**2 + math.log(s**2 / v) - 1 for v, s in zip(v_biased, [1.0, 0.5]))
+    assert ferd.kl_to_prior(z, sigma).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mask_with_unbiased_variance():
+    z = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]], [[0.0, 0.0], [0.0, 0.5]]]])
+    sigma = torch.tensor([[[[1.2]], [[0.1]]]])  # σ² = 1.44: below 5/3 (unbiased max), above 5/4 (biased)
+    assert nonrobust_mask(sigma, z, "per_sample", "biased").flatten().tolist() == [0.0, 1.0]
+    assert nonrobust_mask(sigma, z, "per_sample", "unbiased").flatten().tolist() == [1.0, 1.0]
+
+
+def test_difficulty_on_the_last_view_with_absent_classes_at_zero(models, monkeypatch):
+    """ferd-code: D from the last augmented iterate, classes absent from the batch at 0."""
+    import methods.ferd as ferd
+
+    teacher, student = models
+    seen = []
+    original = ferd.teacher_pgd_statistics
+    monkeypatch.setattr(ferd, "teacher_pgd_statistics", lambda t, x, y, **k: seen.append(x) or original(t, x, y, **k))
+    for images, absent in (("best", "keep"), ("last_view", "zero")):
+        seen.clear()
+        method = FERD(Params(ib_steps=1, difficulty_images=images, absent_classes=absent, reweight_steps=2),
+                      method_context(teacher, student))
+        method.difficulty = torch.full((10,), 7.0, dtype=torch.float64)
+        method.class_weights = torch.zeros(10, dtype=torch.float64)
+        method.class_weights[:2] = 0.5  # only classes 0 and 1 are drawn
+        torch.manual_seed(0)
+        method.synthesize(0)
+        (x,) = seen
+        pooled = method.pool.images[-8:].float()
+        if images == "best":  # the images as pooled (float16 there)
+            torch.testing.assert_close(x, pooled, atol=1e-3, rtol=0)
+        else:  # an augmented view: not the pooled images
+            assert not torch.allclose(x, pooled, atol=1e-2)
+        expected_absent = 7.0 if absent == "keep" else 0.0
+        assert method.difficulty[2:].tolist() == [expected_absent] * 8
+
+
+def test_adversarial_sign_as_printed_flips_the_term(models):
+    teacher, student = models
+    totals = {}
+    for sign in ("ascent", "as_printed"):
+        method = FERD(Params(ib_steps=1, lambda_uni=0.0, adversarial_sign=sign), method_context(teacher, student))
+        torch.manual_seed(0)
+        total, terms, _ = method._generator_loss(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
+        totals[sign] = (total.item(), terms["adv"].item())
+    (ascent, adv), (printed, adv_again) = totals["ascent"], totals["as_printed"]
+    assert adv == pytest.approx(adv_again) and adv < 0  # L_adv = −KL
+    assert ascent - printed == pytest.approx(2 * adv, abs=1e-4)  # L_gen is large (L_bn): float32 rounding
+
+
+def test_wrn_bottleneck_defaults_to_the_final_batchnorm():
+    """Released code, --int_pop 3: Z = bn1(block3(·)) before the ReLU; f_{l+} = ReLU → pool → fc."""
+    from harness.models.wrn import WideResNet
+
+    torch.manual_seed(0)
+    wrn = WideResNet(10, 1, 3, 10).eval()
+    assert wrn.default_feature_layer == "bn1"
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        z = wrn.features(x, "bn1")
+        expected = wrn.fc(F.adaptive_avg_pool2d(F.relu(z), 1).flatten(1))
+        torch.testing.assert_close(wrn.head(z, "bn1"), expected)
+        torch.testing.assert_close(wrn(x), expected)
+        assert (z < 0).any()  # before the ReLU

@@ -2,6 +2,7 @@
 and two-epoch runs through ``python -m harness run`` that survive a SIGKILL."""
 
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -10,12 +11,15 @@ import pytest
 import torch
 
 import methods.deepinv as deepinv
+import methods.zskt as zskt
 from harness.backbone.best_iterate import BestIterate
 from harness.backbone.cost import Cost
+from harness.backbone.generator import Generator
 from harness.backbone.method import MethodContext
 from harness.data import get_dataset
 from harness.errors import HarnessError
 from harness.models import create_model
+from harness.schema import to_plain
 from methods.zskt import ZSKT, attention_loss, generator_loss
 from tests.e2e import history_of, kill_at_first_checkpoint, run_experiment, run_folder, start_run, write_experiment
 
@@ -38,6 +42,11 @@ def context(teacher, student, **overrides):
     return MethodContext(**(settings | overrides))
 
 
+def pool_params(**overrides):
+    """The synthetic defaults in pool mode (version 1's loop)."""
+    return dataclasses.replace(ZSKT.default_params("synthetic"), mode="pool", **overrides)
+
+
 # ---------------------------------------------------------------------------------- ZSKT
 def test_zskt_generator_loss_is_minus_kl_by_hand():
     teacher = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [1/4, 3/4]
@@ -52,7 +61,7 @@ def test_zskt_generator_learns_from_the_real_student():
     clone = copy.deepcopy(teacher).train().requires_grad_(True)  # the Fast-Datafree bug: "student" == teacher
     outcomes = {}
     for name, student in (("clone", clone), ("student", resnet8(1))):
-        method = ZSKT(ZSKT.default_params("synthetic"), context(teacher, student))
+        method = ZSKT(pool_params(), context(teacher, student))
         before = [p.detach().clone() for p in method.generator.parameters()]
         line = method.synthesize(0)
         moved = sum((a - b).abs().sum().item() for a, b in zip(before, method.generator.parameters()))
@@ -75,7 +84,7 @@ def test_zskt_generator_gradient_is_nonzero_with_a_different_student():
 
 def test_zskt_rounds_cover_the_generator_steps_and_state_round_trips():
     teacher, student = cnn5(0), resnet8(1)
-    params = ZSKT.Params(nz=8, width=8, n_g=2)
+    params = ZSKT.Params(mode="pool", nz=8, width=8, n_g=2)
     method = ZSKT(params, context(teacher, student, generator_steps=3))
     method.synthesize(0)
     assert len(method.pool) == 2 * 8  # ⌈3 / 2⌉ rounds of one batch each
@@ -110,6 +119,174 @@ def test_zskt_attention_switch_adds_the_at_term():
     assert with_at.student_loss(x, x, logits, None).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(HarnessError, match="attention"):
         ZSKT(ZSKT.Params(attention=True), context(teacher, torch.nn.Linear(2, 2)))
+
+
+# ------------------------------------------------------------------ ZSKT reference mode
+def test_zskt_defaults_to_the_reference_loop():
+    params = ZSKT.default_params("cifar10")
+    assert (params.mode, params.n_g, params.n_s, params.output_bn) == ("reference", 1, 10, False)
+    assert ZSKT.version == "2"
+    assert "output_bn" not in to_plain(params, for_key=True)  # a switch at its default leaves the key alone
+    assert to_plain(dataclasses.replace(params, output_bn=True), for_key=True)["output_bn"] is True
+
+
+def spy_generator(method):
+    """Record the z of every forward of the method's generator."""
+    zs = []
+    method.generator.register_forward_pre_hook(lambda module, args: zs.append(args[0].detach().clone()))
+    return zs
+
+
+@pytest.mark.parametrize("n_g", [1, 2])
+def test_zskt_reference_takes_n_g_steps_then_serves_one_z_batch_n_s_times(monkeypatch, n_g):
+    teacher, student = cnn5(0), resnet8(1)
+    losses = []  # (student.training, any student parameter requiring grad) at each generator step
+    monkeypatch.setattr(zskt, "generator_loss", lambda t, s: losses.append(
+        (student.training, any(p.requires_grad for p in student.parameters()))) or generator_loss(t, s))
+    n_s, batch = 3, 8
+    method = ZSKT(ZSKT.Params(nz=8, width=8, n_g=n_g, n_s=n_s), context(teacher, student))
+    assert method.pool is None and method.synthesize(0) == {} and not losses  # no G step outside `sample`
+    initial = copy.deepcopy(method.generator)
+    zs = spy_generator(method)
+    student.eval()  # the G step runs it in train mode, as the original does, then restores the caller's mode
+    student_before = [p.detach().clone() for p in student.parameters()]
+    rng = torch.Generator().manual_seed(0)
+    outputs, steps = [], []
+    for _ in range(2 * n_s + 1):
+        x, labels = method.sample(batch, rng)
+        assert labels is None and x.shape == (batch, 3, 16, 16) and x.dtype == torch.float32
+        outputs.append(x.clone())
+        steps.append(len(losses))
+        if len(outputs) == 1:  # the group's images: G(z) of the *updated* generator, for the step's z
+            seen = len(zs)
+            with torch.no_grad():
+                assert torch.equal(x, method.generator(zs[0]))
+                assert not torch.allclose(x, initial(zs[0]))
+            del zs[seen:]  # the check's own forward
+    # n_g generator steps at the first call of each group of n_s calls, none in between
+    assert steps == [n_g] * n_s + [2 * n_g] * n_s + [3 * n_g]
+    assert losses == [(True, False)] * (3 * n_g)  # student in train mode, parameter gradients off
+    # per group: n_g forwards for the G steps + 1 for its images, all on one z; a fresh z per group
+    assert len(zs) == 3 * (n_g + 1)
+    groups = [zs[i * (n_g + 1):(i + 1) * (n_g + 1)] for i in range(3)]
+    assert all(torch.equal(z, group[0]) for group in groups for z in group)
+    assert not torch.equal(groups[0][0], groups[1][0]) and not torch.equal(groups[1][0], groups[2][0])
+    # consecutive samples within a group are the same images; the next group's differ
+    assert all(torch.equal(outputs[i], outputs[0]) for i in range(n_s))
+    assert all(torch.equal(outputs[n_s + i], outputs[n_s]) for i in range(n_s))
+    assert not torch.allclose(outputs[0], outputs[n_s]) and not torch.allclose(outputs[n_s], outputs[2 * n_s])
+    # the student is untouched (no parameter change, no gradient left) and its mode restored
+    assert not student.training and all(p.requires_grad for p in student.parameters())
+    assert all(p.grad is None for p in student.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(student_before, student.parameters()))
+    assert method.ctx.cost.images_synthesized == 3 * batch  # one z batch per group
+    line = method.end_of_epoch(0)
+    assert line["generator_steps"] == 3 * n_g and line["generator_kl"] > 0 and math.isfinite(line["generator_kl"])
+    assert "batch_class_counts" not in line  # no student loss was taken
+    assert method.end_of_epoch(1) == {"generator_steps": 0}  # counters restart
+
+
+def test_zskt_reference_group_survives_a_checkpoint_mid_group():
+    teacher, student = cnn5(0), resnet8(1)
+    params = ZSKT.Params(nz=8, width=8, n_s=3)
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return ZSKT(params, context(teacher, student))
+
+    straight, first = make(0), make(0)
+    rng_a, rng_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(2):  # two of the group's three steps
+        straight.sample(8, rng_a), first.sample(8, rng_b)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = make(7)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.group_left == 1
+    third, _ = resumed.sample(8, torch.Generator().manual_seed(99))  # the group's last step: no draw, no G step
+    assert torch.equal(third, straight.sample(8, rng_a)[0])
+    assert torch.equal(resumed.sample(8, rng_b)[0], straight.sample(8, rng_a)[0])  # next group, same G and z
+    assert all(torch.equal(a, b) for a, b in zip(resumed.generator.parameters(), straight.generator.parameters()))
+    with pytest.raises(HarnessError, match="middle of a group"):
+        resumed.sample(4, rng_b)
+    idle = make(0).state_dict()  # no group under way: an empty batch
+    assert idle["group_left"] == 0 and idle["group_images"].shape == (0, 3, 16, 16)
+    fresh = make(3)
+    fresh.load_state_dict(idle)
+    assert fresh.group_images is None and "pool" not in idle
+
+
+@pytest.mark.parametrize("mode", ["reference", "pool"])
+def test_zskt_batch_class_counts_are_the_teachers_argmax_on_the_student_batches(mode):
+    teacher, student = cnn5(0), resnet8(1)
+    method = ZSKT(ZSKT.Params(mode=mode, nz=8, width=8, n_s=2), context(teacher, student))
+    method.synthesize(0)
+    rng = torch.Generator().manual_seed(0)
+    expected = torch.zeros(10, dtype=torch.long)
+    for _ in range(3):
+        x, labels = method.sample(8, rng)
+        logits = teacher(x)
+        expected += torch.bincount(logits.argmax(1), minlength=10)
+        method.student_loss(x, x, logits, labels)
+    line = method.end_of_epoch(0)
+    assert line["batch_class_counts"] == expected.tolist() and sum(line["batch_class_counts"]) == 3 * 8
+    assert all(isinstance(count, int) for count in line["batch_class_counts"])
+    if mode == "reference":
+        assert line["generator_steps"] == 2  # 3 steps with n_s = 2: two groups
+    assert "batch_class_counts" not in method.end_of_epoch(1)
+
+
+def test_zskt_reference_gallery_leaves_the_generator_and_group_alone(monkeypatch):
+    teacher, student = cnn5(0), resnet8(1)
+    method = ZSKT(ZSKT.Params(nz=8, width=8, n_s=3), context(teacher, student))
+    method.sample(8, torch.Generator().manual_seed(0))
+    state = copy.deepcopy(method.generator.state_dict())
+    monkeypatch.setattr(zskt, "generator_loss", lambda *args: pytest.fail("the gallery took a generator step"))
+    images = method.gallery(11, torch.Generator().manual_seed(1))
+    assert images.shape == (11, 3, 16, 16) and images.device.type == "cpu"
+    assert images.min() >= 0 and images.max() <= 1
+    assert all(torch.equal(v, method.generator.state_dict()[k]) for k, v in state.items())  # BN stats restored
+    assert method.group_left == 2 and method.generator.training
+
+
+SHARED_KEYS = ["project.weight", "project.bias"] + [
+    f"body.{i}.{name}" for i in (0, 3, 7) for name in ("weight", "bias", "running_mean", "running_var",
+                                                       "num_batches_tracked")] + [
+    "body.2.weight", "body.6.weight", "body.9.weight", "body.9.bias"]
+
+
+def test_generator_output_bn_switch():
+    torch.manual_seed(0)
+    plain = Generator(8, 3, 16, 8)
+    torch.manual_seed(0)
+    with_bn = Generator(8, 3, 16, 8, output_bn=True)
+    assert sorted(plain.state_dict()) == sorted(SHARED_KEYS)  # the default's keys are unchanged
+    assert isinstance(plain.body[10], torch.nn.Sigmoid) and len(plain.body) == 11
+    bn = with_bn.body[10]
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.affine and bn.num_features == 3
+    assert isinstance(with_bn.body[11], torch.nn.Sigmoid)
+    assert set(with_bn.state_dict()) - set(SHARED_KEYS) == {
+        f"body.10.{name}" for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    shared = with_bn.state_dict()
+    assert all(torch.equal(v, shared[k]) for k, v in plain.state_dict().items())  # same draws for shared layers
+    seen = []
+    bn.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    z = torch.randn(32, 8)
+    x = with_bn.train()(z)
+    assert x.shape == (32, 3, 16, 16) and 0 < x.min() and x.max() < 1
+    (pre,) = seen  # the pre-Sigmoid output: per channel mean β = 0 and std γ = 1 over the batch
+    assert torch.allclose(pre.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(pre.var(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-2)
+    assert torch.allclose(x, torch.sigmoid(pre))
+    with torch.no_grad():
+        bn.weight.fill_(0.5), bn.bias.fill_(0.2)
+    with_bn(z)
+    assert torch.allclose(seen[-1].mean(dim=(0, 2, 3)), torch.full((3,), 0.2), atol=1e-4)
+    assert torch.allclose(seen[-1].std(dim=(0, 2, 3), unbiased=False), torch.full((3,), 0.5), atol=1e-2)
+    method = ZSKT(ZSKT.Params(nz=8, width=8, output_bn=True), context(cnn5(0), resnet8(1)))
+    assert isinstance(method.generator.body[10], torch.nn.BatchNorm2d)
+    assert method.sample(4, torch.Generator().manual_seed(0))[0].shape == (4, 3, 16, 16)
 
 
 # ------------------------------------------------------------------------------- DeepInv
@@ -224,7 +401,8 @@ def test_checkpointed_state_resumes_synthesis_exactly(plugin):
 
     def make(seed):
         torch.manual_seed(seed)
-        return plugin(plugin.default_params("synthetic"), context(teacher, student, generator_steps=2))
+        params = pool_params() if plugin is ZSKT else plugin.default_params("synthetic")
+        return plugin(params, context(teacher, student, generator_steps=2))
 
     def epoch(method, index):
         torch.manual_seed(100 + index)  # the trainer reseeds every epoch
@@ -269,5 +447,9 @@ def test_two_epochs_end_to_end_resuming_after_sigkill(method, tmp_path, teacher_
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["attacks"]) == {"clean", "pgd20"} and metrics["n_eval"] == 20
     cost = json.loads((folder / "cost.json").read_text())
-    per_epoch = 2 * 16 if method == "zskt" else 16  # ZSKT: 2 rounds of one batch; DeepInv: one batch
-    assert cost["images_synthesized"] == 2 * per_epoch
+    # ZSKT (reference mode, n_s = 10): one z batch serves the 2 + 2 student steps of both epochs,
+    # across the kill; DeepInv: one batch per epoch
+    assert cost["images_synthesized"] == (16 if method == "zskt" else 2 * 16)
+    if method == "zskt":
+        assert [sum(h["batch_class_counts"]) for h in history_of(folder)] == [2 * 16, 2 * 16]
+        assert [h["generator_steps"] for h in history_of(folder)] == [1, 0]

@@ -27,6 +27,15 @@ class Cost:
         finally:
             self.seconds[name] += time.perf_counter() - start
 
+    @contextmanager
+    def unmetered(self) -> Iterator[None]:
+        """Teacher passes of the harness's own bookkeeping (e.g. the pool's class histogram): not counted."""
+        counts = self.teacher_forward_images, self.teacher_backward_images
+        try:
+            yield
+        finally:
+            self.teacher_forward_images, self.teacher_backward_images = counts
+
     def watch_teacher(self, teacher: nn.Module) -> None:
         """Count images through the teacher's forward and (input-gradient) backward passes."""
 

@@ -3,7 +3,12 @@
 x_adv = KL-PGD on the student: start at x + 0.001·N(0, 1), ``steps`` signed steps of α
 maximising Σ KL(T(x) ‖ S(x_adv)), projected to the ε-ball and [0, 1];
 L_S = w_adv · KL(T(x) ‖ S(x_adv)) + w_clean · KL(T(x) ‖ S(x)), teacher logits from clean x.
-KL is averaged over the batch (RSLAD's code averages over batch × classes, i.e. KL / C).
+
+KL is summed over the classes and averaged over the batch (``schedule.kl_reduction: batchmean``).
+RSLAD's code averages the element-wise terms over batch × classes (``mean``: KL / C). The harness
+keeps the batch mean: it is the KL itself, on the scale of FERD's and Fair-ARD's losses, so one
+student learning rate means the same step for every method and every number of classes; RSLAD's
+form at lr 0.1 acts like the batch mean at lr 0.1 / C (0.01 on 10 classes, 0.001 on 100).
 """
 
 from __future__ import annotations
@@ -66,9 +71,13 @@ def rslad_loss(
     *,
     adv_weight: float = 5 / 6,
     clean_weight: float = 1 / 6,
+    reduction: str = "batchmean",
 ) -> torch.Tensor:
-    """L_S = w_adv·KL(T(x) ‖ S(x_adv)) + w_clean·KL(T(x) ‖ S(x)) (RSLAD, batch-mean KL)."""
+    """L_S = w_adv·KL(T(x) ‖ S(x_adv)) + w_clean·KL(T(x) ‖ S(x)) (RSLAD); ``batchmean`` KL, or
+    ``mean`` over batch × classes as RSLAD's code (KL / C)."""
+    if reduction not in ("batchmean", "mean"):
+        raise ValueError(f"unknown KL reduction {reduction!r}")
     target = teacher_logits.detach()
-    return adv_weight * kl_divergence(target, student_adv_logits) + clean_weight * kl_divergence(
-        target, student_clean_logits
-    )
+    loss = adv_weight * kl_divergence(target, student_adv_logits) + clean_weight * kl_divergence(
+        target, student_clean_logits)
+    return loss if reduction == "batchmean" else loss / target.shape[1]

@@ -2,6 +2,11 @@
 
 z (nz) → Linear → BN → [Upsample×2 → Conv3×3 → BN → LeakyReLU(0.2)] ×2 → Conv3×3 → Sigmoid,
 starting at H/4 so it yields C×H×W images in [0, 1] (28×28 starts at 7×7).
+
+``output_bn=True`` inserts an affine ``BatchNorm2d(C)`` between the last convolution and the
+Sigmoid (ZSKT's released generator ends in such a layer): the pre-Sigmoid output of a training
+batch then has per-channel mean β and standard deviation γ (0 and 1 at initialisation). The
+default (False) builds exactly the layers and state-dict keys above.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from torch import nn
 
 
 class Generator(nn.Module):
-    def __init__(self, nz: int, channels: int, image_size: int, width: int = 64) -> None:
+    def __init__(self, nz: int, channels: int, image_size: int, width: int = 64, output_bn: bool = False) -> None:
         super().__init__()
         if image_size % 4:
             raise ValueError(f"image size {image_size} is not divisible by 4")
@@ -29,6 +34,7 @@ class Generator(nn.Module):
             nn.BatchNorm2d(width),
             nn.LeakyReLU(0.2),
             nn.Conv2d(width, channels, 3, padding=1),
+            *([nn.BatchNorm2d(channels, affine=True)] if output_bn else []),
             nn.Sigmoid(),
         )
 

@@ -24,7 +24,8 @@ import dataclasses
 import importlib
 import os
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from harness.attacks import attack_mode
 from harness.backbone.cost import Cost
 from harness.backbone.devices import to_host
 from harness.backbone.distill import kl_pgd, rslad_loss
@@ -63,6 +65,8 @@ class MethodContext:
     cost: Cost
     train_data: Dataset | None = None
     warmup_epochs: int = 0  # generation-only epochs before student training (the schedule's)
+    kl_reduction: str = "batchmean"  # the RSLAD step's KL: batchmean | mean (the schedule's)
+    synthesis_student_bn: str = "running"  # the student's BatchNorm statistics during synthesis (the schedule's)
 
 
 class Method:
@@ -77,6 +81,8 @@ class Method:
     version: ClassVar[str] = "1"
     Params: ClassVar[type] = NoParams
     needs_train_data: ClassVar[bool] = False  # data-based references (Fair-ARD): ``ctx.train_data`` is set
+    # schedule keys the method's reference runs with (e.g. DFHL's weight decay), used where a file leaves them unset
+    schedule_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, params: Any, context: MethodContext) -> None:
         self.params = params
@@ -113,7 +119,35 @@ class Method:
                      labels: torch.Tensor | None) -> torch.Tensor:
         """The distillation loss (default: RSLAD, 5/6 on adversarial + 1/6 on clean)."""
         student = self.ctx.student
-        return rslad_loss(teacher_logits, student(x), student(x_adv))
+        return rslad_loss(teacher_logits, student(x), student(x_adv), reduction=self.ctx.kl_reduction)
+
+    @contextmanager
+    def student_for_synthesis(self, epoch: int) -> Iterator[nn.Module]:
+        """The student as the generator sees it: eval mode, parameters frozen (``attack_mode``).
+
+        With ``schedule.synthesis_student_bn`` ``batch`` (every epoch) or ``batch_first_epoch``
+        (epoch 0 only), its BatchNorm layers normalise with the statistics of the batch in hand
+        instead of the running ones, and the running statistics are restored afterwards, so the
+        synthetic batches never enter them. At initialisation the running statistics (mean 0,
+        variance 1) make some students' eval logits nearly constant (MobileNetV2's ≈ 1e-6 std): a
+        generator loss through such a student has no gradient to follow.
+        """
+        mode = self.ctx.synthesis_student_bn
+        batch_statistics = mode == "batch" or (mode == "batch_first_epoch" and epoch == 0)
+        with attack_mode(self.ctx.student) as student:
+            if not batch_statistics:
+                yield student
+                return
+            layers = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            saved = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in layers]
+            for layer in layers:
+                layer.train()
+            try:
+                yield student
+            finally:
+                for layer, state in zip(layers, saved, strict=True):
+                    layer.load_state_dict(state)
+                    layer.eval()
 
     def end_of_epoch(self, epoch: int) -> dict[str, Any]:
         """After the student steps of an epoch (e.g. FERD's reweighting); numbers for the history."""
@@ -126,6 +160,12 @@ class Method:
         pool = getattr(self, "pool", None)
         if isinstance(pool, ImagePool):
             pool.fill_for_estimate()
+
+    def sampling_period_for_estimate(self) -> int:
+        """Student steps over which generation inside ``sample`` repeats (1: ``sample`` never
+        generates). ``harness cost`` counts a step that generates and one that does not and
+        spreads the difference over this period (ZSKT's reference mode: its n_s)."""
+        return 1
 
     def state_dict(self) -> dict[str, Any]:
         """Method state to checkpoint (generators, optimizers, pools, weights)."""

@@ -22,6 +22,7 @@ class ImagePool:
         self.capacity, self.info, self.device = capacity, info, torch.device(device)
         self._images: torch.Tensor | None = None  # allocated at the first add
         self._labels: torch.Tensor | None = None
+        self._teacher_classes: torch.Tensor | None = None  # the teacher's class of each slot (−1: not noted)
         self.count = 0  # images ever added
 
     def __len__(self) -> int:
@@ -32,6 +33,7 @@ class ImagePool:
         self._images = torch.empty(self.capacity, info.channels, info.image_size, info.image_size,
                                    dtype=torch.float16, device=self.device)
         self._labels = torch.full((self.capacity,), -1, dtype=torch.long, device=self.device)
+        self._teacher_classes = torch.full((self.capacity,), -1, dtype=torch.long, device=self.device)
 
     @property
     def images(self) -> torch.Tensor:
@@ -61,7 +63,29 @@ class ImagePool:
             self._labels[slots] = -1
         else:
             self._labels[slots] = labels.detach()[-self.capacity:].to(self.device, torch.long)
+        self._teacher_classes[slots] = -1
         self.count += added
+
+    def _newest_slots(self, n: int) -> torch.Tensor:
+        n = min(n, len(self))
+        return (self.count - n + torch.arange(n, device=self.device)) % self.capacity
+
+    def newest(self, n: int) -> torch.Tensor:
+        """The ``n`` most recently added images (at most the pool), oldest first, as float."""
+        if not len(self):
+            return self.images.float()
+        return self._images[self._newest_slots(n)].float()
+
+    def note_teacher_classes(self, classes: torch.Tensor) -> None:
+        """Record the teacher's class of the ``len(classes)`` newest images (for the pool's histogram)."""
+        self._teacher_classes[self._newest_slots(len(classes))] = classes.to(self.device, torch.long)
+
+    @property
+    def teacher_classes(self) -> torch.Tensor:
+        """The teacher's class of each stored image, in slot order (−1 where none was noted)."""
+        if self._teacher_classes is None:
+            return torch.empty(0, dtype=torch.long, device=self.device)
+        return self._teacher_classes[: len(self)]
 
     def sample(self, batch_size: int, generator: torch.Generator, device: torch.device | str | None = None,
                augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +116,10 @@ class ImagePool:
         A full pool is saved as it is (no copy); a partly filled one as a copy of its filled slots
         (``torch.save`` of a view would write the whole preallocated buffer)."""
         if len(self) == self.capacity:
-            return {"images": self._images, "labels": self._labels, "count": self.count}
-        return {"images": self.images.clone(), "labels": self.labels.clone(), "count": self.count}
+            return {"images": self._images, "labels": self._labels, "teacher_classes": self._teacher_classes,
+                    "count": self.count}
+        return {"images": self.images.clone(), "labels": self.labels.clone(),
+                "teacher_classes": self.teacher_classes.clone(), "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         images, labels = state["images"], state["labels"]
@@ -101,3 +127,5 @@ class ImagePool:
         self._allocate()
         self._images[: len(images)] = images.to(self.device, torch.float16)
         self._labels[: len(labels)] = labels.to(self.device, torch.long)
+        if "teacher_classes" in state:  # pools saved before the histogram: none noted
+            self._teacher_classes[: len(labels)] = state["teacher_classes"].to(self.device, torch.long)

@@ -20,17 +20,20 @@ import platform
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from harness.backbone.cost import Cost
 from harness.backbone.devices import autocast, to_float, to_host
 from harness.backbone.method import MethodContext
+from harness.backbone.pool import ImagePool
 from harness.config import RunSpec
 from harness.data import DatasetInfo, get_dataset
 from harness.errors import HarnessError
@@ -131,13 +134,16 @@ class Trainer:
             step_size=self.threat.step_size, attack_steps=self.threat.train_steps,
             batch_size=self.schedule.batch_size, generator_steps=self.schedule.generator_steps,
             pool_size=self.schedule.pool_size, device=self.device, cost=self.cost, train_data=train_data,
-            warmup_epochs=self.schedule.warmup_epochs)
+            warmup_epochs=self.schedule.warmup_epochs, kl_reduction=self.schedule.kl_reduction,
+            synthesis_student_bn=self.schedule.synthesis_student_bn)
         self.method = plugin(spec.params, context)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.schedule.lr,
                                          momentum=self.schedule.momentum, weight_decay=self.schedule.weight_decay)
         student_epochs = self.schedule.epochs - self.schedule.warmup_epochs
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=student_epochs * self.schedule.student_steps, eta_min=self.schedule.lr_min)
+        self.lr_per_epoch = self.schedule.lr_schedule == "epochs"
+        periods = self.schedule.epochs if self.lr_per_epoch else student_epochs * self.schedule.student_steps
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=periods,
+                                                                    eta_min=self.schedule.lr_min)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
 
@@ -220,8 +226,25 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.scheduler.step()
+            if not self.lr_per_epoch:
+                self.scheduler.step()
         return loss.detach()
+
+    def _pool_classes(self, pool: ImagePool, added: int) -> dict[str, list[int]]:
+        """The teacher's class histogram of the images the epoch added to the pool and of the whole
+        pool (one teacher pass over the new images, not counted as the method's cost)."""
+        if not added:
+            return {}
+        with torch.no_grad(), self.cost.unmetered(), self.cost.stage("pool_classes"):
+            images = pool.newest(added)
+            classes = torch.cat([self.teacher(batch).argmax(1)
+                                 for batch in images.split(self.spec.settings.eval.batch_size)])
+            pool.note_teacher_classes(classes)
+            classes_plus_none = self.info.num_classes + 1  # column 0 counts the slots without a noted class
+            histograms = torch.stack([F.one_hot(c + 1, classes_plus_none).sum(0)
+                                      for c in (classes, pool.teacher_classes)])
+        new, whole = to_host(histograms)[:, 1:].tolist()
+        return {"pool_new_classes": new, "pool_classes": whole}
 
     def _student_steps(self, generator: torch.Generator) -> dict[str, float]:
         """T_s student steps. The loss is summed on the device and read once, at the end: a loss
@@ -259,13 +282,21 @@ class Trainer:
             torch.manual_seed(epoch_seed(seed, self.epoch))
             generator = torch.Generator().manual_seed(epoch_seed(seed, self.epoch) + 1)
             line: dict[str, Any] = {"epoch": self.epoch + 1}
+            pool = getattr(self.method, "pool", None)
+            pooled = pool.count if isinstance(pool, ImagePool) else 0
             with self.cost.stage("synthesis"), self.training_precision():
                 line |= self.method.synthesize(self.epoch)
+            if isinstance(pool, ImagePool):
+                line |= self._pool_classes(pool, pool.count - pooled)
             self._check_finite(line)  # a diverged generator is named before its images reach the student
             if self.epoch >= schedule.warmup_epochs:
                 line |= self._student_steps(generator)
             with self.cost.stage("end_of_epoch"):
                 line |= self.method.end_of_epoch(self.epoch)
+            if self.lr_per_epoch:  # the code's scheduler also steps in the warm-up epochs
+                with warnings.catch_warnings():  # torch warns when a step precedes any optimizer step
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    self.scheduler.step()
             self._check_finite(line)
             self.epoch += 1
             if self.epoch % schedule.history_every == 0 or self.epoch == schedule.epochs:

@@ -81,7 +81,7 @@ class WideResNet(Classifier):
     stages = ("conv1", "block1", "block2", "block3", "bn1", "relu")
     feature_layers = ("block1", "block2", "block3", "bn1")
     block_layers = ("block1", "block2", "block3")
-    default_feature_layer = "block3"
+    default_feature_layer = "bn1"  # FERD's bottleneck in its released code: block3 → bn1, before the ReLU
 
     def __init__(self, depth: int, widen_factor: int, in_channels: int, num_classes: int, **kwargs) -> None:
         super().__init__(**kwargs)
