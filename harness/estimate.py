@@ -177,13 +177,17 @@ AFFINE_PROBES = (1, 2, 3)  # generator steps of the three probe rounds
 def probe_trainer(spec: RunSpec, folder: Path, generator_steps: int, device: str = "meta",
                   batch_size: int | None = None) -> Any:
     """The cell's trainer on ``device`` with random weights, ``generator_steps`` per epoch (and
-    ``batch_size`` if given) and its buffers full (:meth:`Method.steady_state_for_estimate`)."""
+    ``batch_size`` if given) and its buffers full (:meth:`Method.steady_state_for_estimate`).
+
+    It runs in fp32 without ``torch.compile``: a bf16 cell does the same operations (the same FLOP
+    count; its activations take about half the memory counted), and neither autocast nor compilation
+    runs on the meta device."""
     from harness.backbone.trainer import Trainer
 
     settings = spec.settings
     schedule = replace(settings.schedule, generator_steps=generator_steps,
                        batch_size=batch_size or settings.schedule.batch_size)
-    untrained = replace(settings, schedule=schedule,
+    untrained = replace(settings, schedule=schedule, precision="fp32", compile=False,
                         teacher=replace(settings.teacher, checkpoint=None, sha256=None))
     train_data = _random_train_data(spec, max(2 * schedule.batch_size, 64)) if spec.entry.plugin.needs_train_data \
         else None

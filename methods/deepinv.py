@@ -40,11 +40,9 @@ Choices and reference-code issues:
 
 Budget. One batch of ``schedule.batch_size`` images per epoch. Unlike a generator, which
 carries what it learnt from round to round, every batch starts again from noise, so DeepInv
-needs far more steps per round than the generator methods' T_g: on the shipped Fashion-MNIST
-teacher (batch 128, λ_adv 0) 20 steps leave L_bn at 4.2 and T agrees with the drawn label on
-13 % of the images (108 of 128 predicted as one class), 100 steps give L_bn 0.67 and 29 %, 200
-steps 0.51 and 38 %, 400 steps 0.48 and 58 %. Experiments set ``inversion_steps`` explicitly
-and the cost is in cost.json; no per-dataset default is hidden in the plugin.
+needs far more steps per round than the generator methods' T_g (docs/methods.md has the
+measurement). Experiments set ``inversion_steps`` explicitly and the cost is in cost.json; no
+per-dataset default is hidden in the plugin.
 """
 
 from __future__ import annotations

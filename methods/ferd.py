@@ -203,7 +203,8 @@ class Params:
     tau: float = param(1.0, gt=0, doc="temperature of the softmax weights")
     difficulty: Literal["margin", "clean_ce"] = param(
         "margin", key_at_default=False,
-        doc="D_c: −margin after PGD-K on the teacher (paper, Eq. 1) | teacher CE on the clean images (code)")
+        doc="D_c: −margin after PGD-K on the teacher (paper, Eq. 1; code) | teacher CE on the clean images "
+            "(the code's first upload, bfb8be4)")
     difficulty_images: Literal["best", "last_view"] = param(
         "best", key_at_default=False,
         doc="images of Eqs. 1–2: the pooled best iterate | the last augmented iterate (code)")

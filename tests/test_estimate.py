@@ -94,3 +94,14 @@ def test_zskt_reference_mode_spreads_its_generator_step_over_n_s_student_steps(t
     assert counted[0] > counted[1] == counted[2]  # the first of the group generates
     assert cost.synthesis_flops == 0
     assert 3 * cost.student_step_flops == pytest.approx(sum(counted), rel=1e-9)
+
+
+def test_a_bf16_cell_is_counted_like_its_fp32_twin(tmp_path):
+    """Autocast does not run on the meta device; a bf16 cell does the same operations."""
+    text = GRID.format(epochs=2, warmup=0, steps=3, batch=6, attack_steps=1, n_eval=10)
+    (tmp_path / "fp32.yaml").write_text(text)
+    (tmp_path / "bf16.yaml").write_text(text.replace("  eval:", "  precision: bf16\n  eval:"))
+    (fp32,) = load_experiment(tmp_path / "fp32.yaml").cells
+    (bf16,) = load_experiment(tmp_path / "bf16.yaml").cells
+    assert bf16.settings.precision == "bf16" and bf16.key != fp32.key
+    assert estimate_cell(bf16).total_flops == estimate_cell(fp32).total_flops

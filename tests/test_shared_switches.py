@@ -175,3 +175,20 @@ def test_unmetered_restores_the_teacher_counts():
     with cost.unmetered():
         teacher(torch.zeros(5, 2))
     assert cost.teacher_forward_images == 3
+
+
+def test_batch_statistics_give_a_fresh_mobilenet_student_a_signal():
+    """At initialisation MobileNetV2-tiny's eval logits are nearly constant (std ~1e-6): a generator
+    loss through them has no gradient to follow; with the batch's statistics they vary."""
+    torch.manual_seed(0)
+    student = create_model("mobilenetv2-tiny", in_channels=1, num_classes=10, image_size=28)
+    x = torch.rand(32, 1, 28, 28, requires_grad=True)
+    spread = {}
+    for mode in ("running", "batch"):
+        method = Method(None, context(student, mode))
+        with method.student_for_synthesis(0) as model:
+            logits = model(x)
+            (grad,) = torch.autograd.grad(F.log_softmax(logits, 1)[:, 0].sum(), x)
+        spread[mode] = (logits.std().item(), grad.abs().max().item())
+    assert spread["running"][0] < 1e-4 and spread["running"][1] < 1e-4
+    assert spread["batch"][0] > 1e-2 and spread["batch"][1] > 100 * spread["running"][1]
