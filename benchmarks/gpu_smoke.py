@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.backbone.devices import StrictRandomDraws  # noqa: E402
-from harness.backbone.trainer import CHECKPOINT, Trainer, numerics_flags, train_cell  # noqa: E402
+from harness.trainer import CHECKPOINT, Trainer, numerics_flags, train_cell  # noqa: E402
 from harness.config import load_experiment  # noqa: E402
 from harness.estimate import FlopCount  # noqa: E402
 from harness.evaluate import evaluate  # noqa: E402

@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.backbone.trainer import Trainer  # noqa: E402
+from harness.trainer import Trainer  # noqa: E402
 from harness.config import load_experiment  # noqa: E402
 
 CONFIGS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16+compile": ("bf16", True)}

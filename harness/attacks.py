@@ -1,4 +1,4 @@
-"""L∞ evaluation attacks (METHODS.md §8): FGSM, PGD-k, CW∞ and the official AutoAttack.
+"""L∞ evaluation attacks (docs/methods.md): FGSM, PGD-k, CW∞ and the official AutoAttack.
 
 Every attack takes images in [0, 1] and returns adversarial images inside the ε-ball
 around them and inside [0, 1]. Evaluation attacks run the model in eval mode with its
@@ -172,3 +172,5 @@ for _attack in (
         m, x, y, epsilon=c.epsilon, version=c.aa_version, seed=c.seed, batch_size=c.batch_size), whole_set=True),
 ):
     ATTACKS.register(_attack.name, _attack)
+ATTACK_NAMES: tuple[str, ...] = tuple(ATTACKS.names())  # the names configs, reports and the CLI accept
+ATTACK_TITLES: dict[str, str] = {name: ATTACKS.get(name).label for name in ATTACK_NAMES}

@@ -1,7 +1,14 @@
-"""Loading classifiers from checkpoint files (``weights_only=True``, clear one-line errors)."""
+"""Loading classifiers from checkpoint files (``weights_only=True``, clear one-line errors).
+
+Keys are cleaned before loading: a leading ``module.`` (from ``DataParallel``) is stripped, and
+the prefixes an architecture lists in ``Classifier.ignored_checkpoint_prefixes`` (modules of its
+reference checkpoints that it does not build, e.g. TRADES' ``sub_block1``) are dropped; every
+other key must match the architecture exactly.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -10,11 +17,26 @@ from torch import nn
 from harness.data import DatasetInfo
 from harness.errors import HarnessError
 from harness.models import Classifier, create_model
-from harness.models.wrn import clean_state_dict
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``: a bare one, or under ``state_dict`` / ``model`` keys."""
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor],
+                     ignored_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Strip a leading ``module.`` (DataParallel) from every key and drop keys under ``ignored_prefixes``.
+
+    Returns a plain dict (without version metadata), so BatchNorm fills in a missing
+    ``num_batches_tracked`` from old checkpoints and ``load_state_dict(strict=True)`` works.
+    """
+    cleaned = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if not key.startswith(ignored_prefixes):
+            cleaned[key] = value
+    return cleaned
+
+
+def read_state_dict(path: str | Path, ignored_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``: a bare one, or under ``state_dict`` / ``model`` keys; cleaned by
+    :func:`clean_state_dict`."""
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"{path}: checkpoint not found")
@@ -30,7 +52,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()
     ):
         raise HarnessError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
-    return clean_state_dict(content)
+    return clean_state_dict(content, ignored_prefixes)
 
 
 def load_model(arch: str, checkpoint: str | Path | None, info: DatasetInfo) -> Classifier:
@@ -38,7 +60,7 @@ def load_model(arch: str, checkpoint: str | Path | None, info: DatasetInfo) -> C
     model = create_model(arch, in_channels=info.channels, num_classes=info.num_classes, image_size=info.image_size)
     if checkpoint is None:
         return model
-    state = read_state_dict(checkpoint)
+    state = read_state_dict(checkpoint, model.ignored_checkpoint_prefixes)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

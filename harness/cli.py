@@ -2,14 +2,19 @@
 
 Each sub-command is a function ``(args) -> exit status`` registered with
 :func:`command`; user errors (:class:`HarnessError`) become one line on stderr and
-exit status 2.
+exit status 2. A command imports the engine modules it uses (torch, pandas, matplotlib behind
+them) when it runs, not when the parser is built: ``--help`` and a mistyped command answer at
+once, and ``table`` never loads matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 
 from harness.errors import HarnessError
 
@@ -68,7 +73,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def _cost_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness.estimate import DEFAULT_GPU, PEAK_TFLOPS, SUSTAINED_FRACTION
+    from harness.gpus import DEFAULT_GPU, PEAK_TFLOPS, SUSTAINED_FRACTION
 
     gpus = ", ".join(f"{name} {peak:g}" for name, peak in PEAK_TFLOPS.items())
     parser.add_argument("file", help="experiment YAML file")
@@ -82,10 +87,6 @@ def _cost_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("cost", "FLOPs, memory and GPU-hours of every cell of a grid, counted before launch", _cost_arguments)
 def cost(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from harness.config import load_experiment
@@ -185,7 +186,8 @@ def _teacher_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("teacher", "train a robust teacher (PGD-AT or TRADES); re-running resumes", _teacher_arguments)
 def teacher(args: argparse.Namespace) -> int:
-    from harness.teacher import load_training_config, per_class_table, train_teacher
+    from harness.evaluate import per_class_table
+    from harness.teacher_training import load_training_config, train_teacher
 
     config = load_training_config(args.config)
     report = train_teacher(config, device=resolve_device(args.device), progress=not args.quiet,
@@ -229,7 +231,6 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _executor(args: argparse.Namespace, experiment, results):
     """The executor the flags and the YAML's ``executor:`` block ask for."""
-    from dataclasses import replace
 
     settings = experiment.executor
     if (args.executor or settings.kind) == "slurm":
@@ -254,8 +255,6 @@ def _executor(args: argparse.Namespace, experiment, results):
 
 @command("run", "validate an experiment and run (or submit) its pending cells", _run_arguments)
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from harness.config import load_experiment
     from harness.runner import check_results_folder, run_experiment, selected
     from harness.store import cell_state
@@ -297,11 +296,7 @@ def _write_reports(experiment, results) -> list:
     """The outputs of the experiment's ``report:`` list, under reports/<name>/ (tables as md and csv,
     figures as PNG; file names start with the YAML file's stem when it is a view of another
     experiment's store)."""
-    from pathlib import Path
-
     from harness.report.collect import open_store
-    from harness.report.plots import PlotOptions
-    from harness.report.plots import plot as draw
     from harness.report.tables import build_table, render
     from harness.store import atomic_write_bytes
 
@@ -314,7 +309,10 @@ def _write_reports(experiment, results) -> list:
             for fmt in ("md", "csv"):
                 paths.append(out / f"{store.file_prefix}table.{fmt}")
                 atomic_write_bytes(paths[-1], render(table, fmt).encode())
-        else:
+        else:  # matplotlib only when a figure is asked for
+            from harness.report.plots import PlotOptions
+            from harness.report.plots import plot as draw
+
             paths += draw(output, store, PlotOptions(out, formats=("png",), prefix=store.file_prefix))
     return paths
 
@@ -327,8 +325,6 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
 @command("status", "print the state of every cell of an experiment (and the errors of failed runs)",
          _status_arguments)
 def status(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from harness.config import load_experiment
     from harness.runner.status import grid_status
 
@@ -344,8 +340,6 @@ def status(args: argparse.Namespace) -> int:
 
 def _experiment_source(args: argparse.Namespace) -> str:
     """The experiment named on the command line, else the only experiment in the store."""
-    from pathlib import Path
-
     if args.experiment:
         return args.experiment
     results = Path(args.results)
@@ -358,14 +352,15 @@ def _experiment_source(args: argparse.Namespace) -> str:
 
 
 def _table_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness.report.names import LAYOUTS, METRICS
+    from harness.report.names import METRICS
 
     parser.add_argument("experiment", nargs="?", help="experiment YAML file (shows missing cells) or name in the store")
     parser.add_argument("--metric", choices=(*METRICS, "all"),
                         help="one metric per attack (default: the paper's Avg, Worst [Worst-10%% for >= 100 "
                              "classes], NSD)")
     parser.add_argument("--attacks", help="comma-separated subset of clean,fgsm,pgd20,cw,aa (default: all evaluated)")
-    parser.add_argument("--layout", choices=LAYOUTS, help="table layout (default: chosen from the experiment)")
+    parser.add_argument("--layout", help="main, ablation, dfkd-vs-dfrd or a view a method declares (FERD: "
+                                          "reweighting, lambdas, layer, gamma); default: chosen from the experiment")
     parser.add_argument("--format", choices=("md", "tex", "csv"), help="default: from --out's suffix, else md")
     parser.add_argument("--out", help="write to this file instead of standard output")
     parser.add_argument("--cost", action="store_true", help="add wall time and teacher queries per row")
@@ -374,8 +369,6 @@ def _table_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("table", "paper-style table of an experiment from the store (Markdown, LaTeX or CSV)", _table_arguments)
 def table(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from harness.report.collect import open_store
     from harness.report.tables import build_table, render
     from harness.store import atomic_write_bytes
@@ -410,8 +403,6 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("plot", "the paper's figures of an experiment from the store, as PNG and PDF", _plot_arguments)
 def plot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from harness.report.collect import open_store
     from harness.report.plots import KINDS, PlotOptions
     from harness.report.plots import plot as draw

@@ -37,7 +37,8 @@ from harness.data import get_dataset
 from harness.errors import HarnessError
 from harness.models import MODELS
 from harness.registry import RegistryError, suggest
-from harness.report.names import ATTACKS, PLOT_KINDS
+from harness.attacks import ATTACK_NAMES
+from harness.report.names import PLOT_KINDS
 from harness.schema import SchemaError, as_float, build, param, to_plain
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -63,7 +64,7 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The distillation schedule shared by all methods (METHODS.md §0)."""
+    """The distillation schedule shared by all methods (docs/methods.md)."""
 
     epochs: int = param(220, ge=1)
     warmup_epochs: int = param(20, ge=0, doc="generation-only epochs before student training")
@@ -108,13 +109,19 @@ class ThreatModel:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """Final evaluation of the student (METHODS.md §8)."""
+    """Final evaluation of the student (docs/methods.md; the attacks of harness/attacks.py)."""
 
-    attacks: tuple[Literal["clean", "fgsm", "pgd20", "cw", "aa"], ...] = ATTACKS
+    attacks: tuple[str, ...] = param(ATTACK_NAMES, doc="names in harness.attacks.ATTACKS")
     aa_version: Literal["standard", "fast"] = "standard"
     n_eval: int | None = param(None, ge=1, doc="class-stratified test subset; None = full test set")
     aa_n_eval: int | None = param(None, ge=1, doc="smaller stratified subset for AutoAttack")
     batch_size: int = param(256, ge=1)
+
+    def __post_init__(self) -> None:
+        for index, name in enumerate(self.attacks):
+            if name not in ATTACK_NAMES:
+                raise ValueError(f"attacks[{index}]: must be one of {', '.join(ATTACK_NAMES)}, got {name!r}"
+                                 f"{suggest(str(name), ATTACK_NAMES)}")
 
 
 @dataclass(frozen=True)
@@ -286,7 +293,10 @@ class _Document:
         return default
 
 
-def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, shown: str, allowed_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The YAML mapping in ``path`` (``{}`` for an empty file); one-line :class:`ConfigError` naming
+    ``shown`` (and the line and column of a syntax error); with ``allowed_keys``, also for any
+    other top-level key."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -305,15 +315,16 @@ def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{shown}: the top level must be a mapping, got {type(data).__name__}")
-    for key in data:
-        if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"{shown}: {key}: unknown top-level key{suggest(str(key), TOP_LEVEL_KEYS)}")
+    if allowed_keys is not None:
+        for key in data:
+            if key not in allowed_keys:
+                raise ConfigError(f"{shown}: {key}: unknown top-level key{suggest(str(key), allowed_keys)}")
     return data
 
 
 def _load_document(path: Path, shown: str, document: _Document, stack: tuple[Path, ...]) -> None:
     stack = (*stack, path.resolve())
-    data = _read_yaml(path, shown)
+    data = read_yaml_mapping(path, shown, TOP_LEVEL_KEYS)
     includes = data.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]

@@ -35,17 +35,11 @@ from torch.utils.data import Dataset
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from harness.attacks import ATTACKS
 from harness.config import RunSpec
 from harness.data import ImageTensorDataset, get_dataset
+from harness.gpus import DEFAULT_GPU, PEAK_TFLOPS, SUSTAINED_FRACTION
 
-# Dense peak TFLOP/s from NVIDIA's data sheets (SXM parts; TF32 and bf16 without sparsity), and
-# the fraction of it assumed sustained by these convnet workloads. Measure yours with
-# `python benchmarks/gpu_smoke.py` and pass --tflops instead.
-PEAK_TFLOPS = {"a100-fp32": 19.5, "a100-tf32": 156.0, "a100-bf16": 312.0,
-               "h100-fp32": 67.0, "h100-tf32": 495.0, "h100-bf16": 989.0}
-SUSTAINED_FRACTION = 0.4
-DEFAULT_GPU = "a100-tf32"
-EVAL_FLOP_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
 EVAL_PROBE_IMAGES = 4
 
 
@@ -164,7 +158,7 @@ def _eval_flops_per_image(trainer: Any) -> float:
 
     info = trainer.info
     data = _random_train_data(trainer.spec, EVAL_PROBE_IMAGES)
-    attacks = [a for a in trainer.spec.settings.eval.attacks if a in EVAL_FLOP_ATTACKS]
+    attacks = [a for a in trainer.spec.settings.eval.attacks if not ATTACKS.get(a).whole_set]  # AutoAttack: not counted
     flops, _ = _flops(lambda: evaluate(trainer.student, data, attacks, epsilon=trainer.threat.epsilon,
                                        step_size=trainer.threat.step_size, num_classes=info.num_classes,
                                        batch_size=EVAL_PROBE_IMAGES, device="meta", progress=False))
@@ -182,7 +176,7 @@ def probe_trainer(spec: RunSpec, folder: Path, generator_steps: int, device: str
     It runs in fp32 without ``torch.compile``: a bf16 cell does the same operations (the same FLOP
     count; its activations take about half the memory counted), and neither autocast nor compilation
     runs on the meta device."""
-    from harness.backbone.trainer import Trainer
+    from harness.trainer import Trainer
 
     settings = spec.settings
     schedule = replace(settings.schedule, generator_steps=generator_steps,

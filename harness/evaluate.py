@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from harness.attacks import ATTACKS, AttackContext, attack_mode
+from harness.attacks import ATTACK_NAMES, ATTACKS, AttackContext, attack_mode
 from harness.backbone.devices import full_precision, to_host
 from harness.data import stratified_indices
 from harness.metrics import summarize
@@ -80,7 +80,7 @@ def _batches(dataset: Dataset, indices: np.ndarray, batch_size: int) -> DataLoad
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
-    attacks: Sequence[str] = ("clean", "fgsm", "pgd20", "cw", "aa"),
+    attacks: Sequence[str] = ATTACK_NAMES,
     *,
     epsilon: float,
     step_size: float,
@@ -145,8 +145,6 @@ def evaluate(
 def per_class_table(report: dict[str, Any]) -> "pandas.DataFrame":
     """Class names as rows, attacks as columns, then Avg / Worst / Worst-10% / NSD rows."""
     import pandas  # noqa: F811 (imported here: the engine itself does not need pandas)
-
-    from harness.attacks import ATTACKS
 
     columns = {}
     for name, metrics in report["attacks"].items():

@@ -1,4 +1,4 @@
-"""Robust-fairness metrics from per-sample predictions (METHODS.md §9).
+"""Robust-fairness metrics from per-sample predictions (docs/methods.md).
 
 Everything is derived from two integer arrays per attack, the true labels and the
 predicted labels on the (adversarial) inputs, so tables and figures never re-attack.

@@ -1,122 +1,23 @@
-"""Robust teachers: adversarial training (PGD-AT, TRADES) and loading for experiments.
+"""Loading a robust teacher for distillation: frozen, with its checkpoint's SHA-256 checked.
 
-``python -m harness teacher train FILE.yaml`` trains a teacher from a config like
-``experiments/teachers/fashion-mnist.yaml``, checkpoints every epoch (re-running the same
-command resumes), and at the end writes next to each other in ``output``: the weights
-``<arch>.pt``, their SHA-256, the resolved config, and the per-class evaluation report
-(JSON and Markdown) from the shared evaluation engine.
+Training a teacher (PGD-AT, TRADES) lives in :mod:`harness.teacher_training`; its report's
+Markdown in :mod:`harness.report.teacher`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import platform
-import sys
-import time
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
-import torch
-import torch.nn.functional as F
-import yaml
-from torch import nn
-from tqdm import tqdm
-
-from harness.attacks import attack_mode, pgd, project
-from harness.backbone.devices import randn_like
 from harness.checkpoint import load_model
-from harness.config import ConfigError, EvalSpec, TeacherSpec, ThreatModel
-from harness.data import DatasetInfo, augment_batch, get_dataset
+from harness.config import TeacherSpec
+from harness.data import DatasetInfo
 from harness.errors import HarnessError
-from harness.evaluate import evaluate, per_class_table
-from harness.models import MODELS, Classifier, create_model
-from harness.registry import RegistryError
-from harness.schema import SchemaError, build, param, to_plain
-from harness.store import atomic_write_bytes, atomic_write_json
-
-
-@dataclass(frozen=True)
-class TeacherTraining:
-    """Adversarial training recipe of a teacher."""
-
-    dataset: str
-    arch: str
-    output: str = param("teachers", doc="folder for weights, SHA-256, config and report")
-    report: str | None = param(None, doc="also write the Markdown report to this file")
-    objective: Literal["pgd-at", "trades"] = "pgd-at"
-    trades_beta: float = param(6.0, ge=0)
-    threat: ThreatModel = ThreatModel(train_steps=5)
-    epochs: int = param(8, ge=1)
-    batch_size: int = param(128, ge=1)
-    lr: float = param(0.1, gt=0)
-    lr_schedule: Literal["onecycle", "piecewise"] = "onecycle"
-    momentum: float = param(0.9, ge=0, lt=1)
-    weight_decay: float = param(5e-4, ge=0)
-    augment: bool = param(False, doc="random crop (pad size/8), plus flips where natural")
-    seed: int = param(0, ge=0)
-    eval: EvalSpec = EvalSpec(aa_version="fast", aa_n_eval=1000)
-    data_root: str | None = None
-
-
-def load_training_config(path: str | Path) -> TeacherTraining:
-    """Validated :class:`TeacherTraining` from a YAML file (one-line errors naming file and key)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(f"{path}: {where}YAML syntax error") from None
-    try:
-        config = build(TeacherTraining, data)
-        get_dataset(config.dataset)
-        MODELS.get(config.arch)
-    except (SchemaError, RegistryError) as error:
-        raise ConfigError(f"{path}: {error}") from None
-    info = get_dataset(config.dataset)
-    threat = replace(config.threat, epsilon=config.threat.epsilon or info.epsilon,
-                     step_size=config.threat.step_size or info.step_size)
-    return replace(config, dataset=info.name, arch=MODELS.canonical(config.arch), threat=threat)
-
-
-# --------------------------------------------------------------------------- objectives
-def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-    """Madry et al.: CE on PGD-k examples (random start, made with the model in eval mode)."""
-    with attack_mode(model):
-        x_adv = pgd(model, x, y, epsilon=threat.epsilon, step_size=threat.step_size, steps=threat.train_steps)
-    return F.cross_entropy(model(x_adv), y)
-
-
-def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, beta: float) -> torch.Tensor:
-    """Zhang et al.: CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)), x_adv maximising that KL from x + 0.001·N(0,1)."""
-    with attack_mode(model):
-        target = F.softmax(model(x), dim=1)
-        x_adv = project(x + 0.001 * randn_like(x), x, threat.epsilon)
-        for _ in range(threat.train_steps):
-            x_adv.requires_grad_(True)
-            divergence = F.kl_div(F.log_softmax(model(x_adv), dim=1), target, reduction="sum")
-            (grad,) = torch.autograd.grad(divergence, x_adv)
-            x_adv = project(x_adv.detach() + threat.step_size * grad.sign(), x, threat.epsilon)
-    logits = model(x)
-    robust = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
-    return F.cross_entropy(logits, y) + beta * robust
-
-
-# --------------------------------------------------------------------------- training
-def _scheduler(optimizer: torch.optim.Optimizer, config: TeacherTraining, steps_per_epoch: int):
-    total = config.epochs * steps_per_epoch
-    if config.lr_schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
-    milestones = [int(total * 0.5), int(total * 0.75)]
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+from harness.models import Classifier
 
 
 def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of the file at ``path`` (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -124,143 +25,6 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _save_torch(path: Path, obj: object) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def train_teacher(config: TeacherTraining, *, device: str = "cpu", progress: bool = True,
-                  command: str = "") -> dict:
-    """Train (or resume) the teacher described by ``config``; return the evaluation report."""
-    info = get_dataset(config.dataset)
-    output = Path(config.output)
-    state_path = output / "train_state.pt"
-    torch.manual_seed(config.seed)
-    model = create_model(config.arch, in_channels=info.channels, num_classes=info.num_classes,
-                         image_size=info.image_size).to(device)
-    train = info.load("train", config.data_root)
-    loader_generator = torch.Generator()
-    loader = torch.utils.data.DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                         generator=loader_generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = _scheduler(optimizer, config, len(loader))
-    start_epoch, seconds, history = 0, 0.0, []
-    resolved = to_plain(config)
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)  # each part is placed by its owner
-        if state["config"] != json.loads(json.dumps(resolved)):
-            raise HarnessError(f"{state_path}: was made by a different config; remove it or change 'output'")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, seconds, history = state["epoch"], state["seconds"], json.loads(state["history"])
-        print(f"resuming {config.arch} on {info.name} after epoch {start_epoch}/{config.epochs}", file=sys.stderr)
-    augment_generator = torch.Generator()
-    for epoch in range(start_epoch, config.epochs):
-        loader_generator.manual_seed(config.seed * 10_000 + epoch)
-        augment_generator.manual_seed(config.seed * 10_000 + epoch)
-        torch.manual_seed(config.seed * 10_000 + epoch)
-        model.train()
-        began = time.perf_counter()
-        total_loss, batches = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for x, y in bar:
-            x, y = x.to(device), y.to(device)
-            if config.augment:
-                x = augment_batch(x, info, augment_generator)
-            if config.objective == "trades":
-                loss = trades_loss(model, x, y, config.threat, config.trades_beta)
-            else:
-                loss = pgd_at_loss(model, x, y, config.threat)
-            if not math.isfinite(loss.item()):
-                raise HarnessError(f"teacher training diverged at epoch {epoch + 1} (loss {loss.item()})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss, batches = total_loss + loss.item(), batches + 1
-            bar.set_postfix(loss=f"{total_loss / batches:.3f}")
-        seconds += time.perf_counter() - began
-        history.append({"epoch": epoch + 1, "loss": total_loss / batches, "seconds": round(seconds, 1)})
-        print(f"epoch {epoch + 1}/{config.epochs}: loss {total_loss / batches:.4f} ({seconds / 60:.1f} min)",
-              file=sys.stderr)
-        _save_torch(state_path, {"config": resolved, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "seconds": seconds,
-                                 "history": json.dumps(history)})
-    return _finish(model, config, info, output, seconds, history, device, progress, command)
-
-
-def _finish(model: Classifier, config: TeacherTraining, info: DatasetInfo, output: Path, seconds: float,
-            history: list, device: str, progress: bool, command: str) -> dict:
-    """Write weights, SHA-256, config and the per-class report side by side."""
-    weights = output / f"{config.arch}.pt"
-    _save_torch(weights, {k: v.cpu() for k, v in model.state_dict().items()})
-    digest = sha256_of(weights)
-    atomic_write_bytes(output / f"{config.arch}.pt.sha256", f"{digest}  {weights.name}\n".encode())
-    atomic_write_bytes(output / "config.yaml", yaml.safe_dump(to_plain(config), sort_keys=False).encode())
-    spec = config.eval
-    began = time.perf_counter()
-    result = evaluate(model, info.load("test", config.data_root), spec.attacks, epsilon=config.threat.epsilon,
-                      step_size=config.threat.step_size, num_classes=info.num_classes, n_eval=spec.n_eval,
-                      aa_n_eval=spec.aa_n_eval, batch_size=spec.batch_size, device=device, seed=config.seed,
-                      aa_version=spec.aa_version, progress=progress)
-    report = {
-        "arch": config.arch, "checkpoint": weights.name, "sha256": digest, "command": command,
-        "train_seconds": round(seconds, 1), "eval_seconds": round(time.perf_counter() - began, 1),
-        "history": history, "config": to_plain(config),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "device": device, "threads": torch.get_num_threads()},
-        **result.to_dict(info.name),
-    }
-    atomic_write_json(output / "report.json", report)
-    markdown = markdown_report(report).encode()
-    atomic_write_bytes(output / "report.md", markdown)
-    if config.report:
-        atomic_write_bytes(Path(config.report), markdown)
-    (output / "train_state.pt").unlink(missing_ok=True)
-    return report
-
-
-def markdown_report(report: dict) -> str:
-    """A readable teacher report: recipe, command, cost, SHA-256 and the per-class table."""
-    config = report["config"]
-    threat = config["threat"]
-    table = per_class_table(report).to_markdown(floatfmt=".2f")
-    worst = {name: (m["worst"], report["class_names"][min(range(len(m["per_class"])),
-             key=lambda i: m["per_class"][i] if m["per_class"][i] is not None else 1e9)])
-             for name, m in report["attacks"].items()}
-    lines = [
-        f"# Teacher: {report['arch']} on {report['dataset']}",
-        "",
-        f"- recipe: {config['objective']}"
-        + (f" (β = {config['trades_beta']})" if config["objective"] == "trades" else "")
-        + f", ε = {threat['epsilon']:.4g}, step {threat['step_size']:.4g}, {threat['train_steps']} attack steps;"
-        f" SGD lr {config['lr']} ({config['lr_schedule']}), momentum {config['momentum']},"
-        f" weight decay {config['weight_decay']}, batch {config['batch_size']}, {config['epochs']} epochs,"
-        f" augmentation {'on' if config['augment'] else 'off'}, seed {config['seed']}",
-        f"- command: `{report['command']}`",
-        f"- training wall time: {report['train_seconds'] / 60:.1f} min; evaluation: "
-        f"{report['eval_seconds'] / 60:.1f} min ({report['environment']['device']}, "
-        f"{report['environment']['threads']} threads, torch {report['environment']['torch']})",
-        f"- weights: `{report['checkpoint']}`, SHA-256 `{report['sha256']}`",
-        f"- evaluated on {report['n_eval']} test images (AutoAttack {report['aa_version']}"
-        f" on {report['attacks'].get('aa', {}).get('n', 0)} of them)",
-        "",
-        "Per-class accuracy (%) under every attack; Avg, Worst, Worst-10% in %, NSD as a fraction:",
-        "",
-        table,
-        "",
-        "Worst class per attack: " + "; ".join(f"{n}: {c} {w:.1f} %" for n, (w, c) in worst.items()),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- loading
 def load_teacher(spec: TeacherSpec, info: DatasetInfo, device: str = "cpu") -> Classifier:
     """A frozen teacher (eval mode, no parameter gradients) from ``spec``; checks SHA-256 if given."""
     if spec.checkpoint is not None and spec.sha256 is not None:

@@ -89,7 +89,7 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 def run_worker(run_dir: str | Path, device: str = "cpu", fresh: bool = False, progress: bool = True) -> str:
     """Run the cell of ``run_dir/config.json`` under its lock; returns done, failed, busy or skipped."""
-    from harness.backbone.trainer import train_cell
+    from harness.trainer import train_cell
     from harness.config import RunSpec
 
     run_dir = Path(run_dir)

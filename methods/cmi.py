@@ -1,4 +1,4 @@
-"""CMI: Contrastive Model Inversion (Fang et al., IJCAI 2021), converted to DFRD (METHODS.md §3).
+"""CMI: Contrastive Model Inversion (Fang et al., IJCAI 2021), converted to DFRD (docs/methods.md).
 
 Every round (one per epoch) the generator G is re-initialised (conv/linear N(0, 0.02),
 BN γ N(1, 0.02)) and optimised jointly with a fresh z ~ N(0, I) and uniform labels y by
@@ -72,16 +72,14 @@ from torch import nn
 from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
 from harness.backbone.devices import randint, randn, randperm
-from harness.backbone.distill import kl_divergence
 from harness.backbone.generator import Generator
-from harness.backbone.method import Method, MethodContext, register_method
+from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
-from harness.data import DatasetInfo, augment_batch
+from harness.backbone.synthesis import ADAM_BETAS, global_view, inversion_loss
 from harness.schema import param
 
 LOCAL_SCALE = (0.25, 1.0)  # area fraction of the local view's crop
 LOCAL_RATIO = (3 / 4, 4 / 3)  # aspect ratio of the local view's crop (torchvision's default)
-ADAM_BETAS = (0.5, 0.999)
 
 
 @dataclass(frozen=True)
@@ -109,43 +107,8 @@ class Params:
 
 
 # --------------------------------------------------------------------------- losses
-def decision_adversarial_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """L_adv = −mean_i KL_i(T ‖ S)·1[argmax S_i = argmax T_i] (METHODS.md §3).
-
-    Only samples on which student and teacher still agree push the generator; the mean is
-    over the whole batch (masked samples count as zero).
-    """
-    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).to(student_logits.dtype)
-    return -(kl_divergence(teacher_logits, student_logits, reduction="none") * agree).mean()
-
-
-def inversion_loss(
-    loss_bn: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    student_logits: torch.Tensor | None,
-    *,
-    lambda_bn: float,
-    lambda_oh: float,
-    lambda_adv: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_inv = λ_bn·L_bn + λ_oh·CE(T(x), y) + λ_adv·L_adv (METHODS.md §3, §4) and its terms.
-
-    ``student_logits`` None leaves out the adversarial term (λ_adv off). The terms stay detached
-    tensors on the device (read once per round).
-    """
-    loss_oh = F.cross_entropy(teacher_logits, labels)
-    total = lambda_bn * loss_bn + lambda_oh * loss_oh
-    terms = {"bn": loss_bn.detach(), "oh": loss_oh.detach()}
-    if student_logits is not None:
-        loss_adv = decision_adversarial_loss(teacher_logits, student_logits)
-        total = total + lambda_adv * loss_adv
-        terms["adv"] = loss_adv.detach()
-    return total, terms
-
-
 def info_nce_rows(anchors: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-row InfoNCE with positives on the diagonal: ℓ_i = −log softmax_j(a_i·k_j / τ)_i (METHODS.md §3).
+    """Per-row InfoNCE with positives on the diagonal: ℓ_i = −log softmax_j(a_i·k_j / τ)_i (docs/methods.md).
 
     ``anchors`` and ``keys`` are M×d, row i of each from the same image; all other keys are
     negatives. Returns the M losses ℓ_i (the caller detaches the keys if it wants to).
@@ -156,7 +119,7 @@ def info_nce_rows(anchors: torch.Tensor, keys: torch.Tensor, temperature: float)
 
 def info_nce(anchors: torch.Tensor, keys: torch.Tensor, temperature: float, *, current: int | None = None,
              reduction: Literal["split", "joint"] = "split") -> torch.Tensor:
-    """InfoNCE of M = N + K rows, the first N from the current batch, the last K cached (METHODS.md §3).
+    """InfoNCE of M = N + K rows, the first N from the current batch, the last K cached (docs/methods.md).
 
     With ℓ_i of :func:`info_nce_rows`,
 
@@ -180,11 +143,6 @@ def info_nce(anchors: torch.Tensor, keys: torch.Tensor, temperature: float, *, c
 
 
 # --------------------------------------------------------------------------- views
-def global_view(x: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    """Random crop (zero padding size/8) + the dataset's natural flip, per image, global RNG."""
-    return augment_batch(x, info, torch.default_generator)
-
-
 def local_view(x: torch.Tensor, hflip: bool, scale: tuple[float, float] = LOCAL_SCALE,
                ratio: tuple[float, float] = LOCAL_RATIO) -> torch.Tensor:
     """Random resized crop (area fraction in ``scale``, aspect in ``ratio``) + flip, per image.
@@ -288,6 +246,7 @@ class MemoryBank:
 # --------------------------------------------------------------------------- the method
 @register_method("cmi")
 class CMI(Method):
+    display = Display(color="#2ca02c", order=30)
     version = "2"  # 2: the split InfoNCE mean (``cr_reduction="split"``) is the default
     Params = Params
 

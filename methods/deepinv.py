@@ -1,5 +1,5 @@
 """DeepInv — DeepInversion (Yin et al. 2020), converted to data-free robustness distillation
-(METHODS.md §2).
+(docs/methods.md).
 
 No generator: each epoch's synthesis round optimises one batch of images directly. The
 pixels are parameters θ ~ N(0, 1) and the images are x = sigmoid(θ) ∈ (0, 1); labels y are
@@ -10,7 +10,7 @@ direction, and a horizontal flip with probability ½ where flips are natural),
 
     L = λ_bn·L_bn(x̃) + λ_oh·CE(T(x̃), y) + λ_adv·(−JS_τ(S(x̃), T(x̃))) + λ_tv·TV₁(x) + λ_l2·‖x‖₂
 
-with L_bn the BatchNorm-statistics loss of the teacher (METHODS.md §0), ‖x‖₂ the L2 norm of
+with L_bn the BatchNorm-statistics loss of the teacher (docs/methods.md), ‖x‖₂ the L2 norm of
 the whole batch, and
 
     JS_τ(p, q) = ½ Σ_c P̃_c (log P̃_c − log M̃_c) + ½ Σ_c Q̃_c (log Q̃_c − log M̃_c)   (batch mean)
@@ -24,7 +24,7 @@ where P = softmax(p/τ), Q = softmax(q/τ), M = (P + Q)/2 and ~ clamps to [0.01,
 (horizontal, vertical, anti-diagonal and diagonal neighbours; each mean over every pixel
 pair and channel of the batch). The iterate with the lowest L — its images x, not the
 jittered copy — joins the pool with its labels. The student step is the shared RSLAD step
-(METHODS.md §0; labels are not used by it).
+(docs/methods.md; labels are not used by it).
 
 Choices and reference-code issues:
 - sigmoid rather than clamping keeps every pixel in (0, 1) with a gradient everywhere; at
@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
 from harness.backbone.devices import randint, randn, to_float
-from harness.backbone.method import Method, MethodContext, register_method
+from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
 from harness.errors import HarnessError
 from harness.schema import param
@@ -66,7 +66,7 @@ JS_CLAMP = (0.01, 0.99)
 
 @dataclass(frozen=True)
 class Params:
-    """DeepInversion hyper-parameters (Fast-Datafree's CIFAR values, METHODS.md §2)."""
+    """DeepInversion hyper-parameters (Fast-Datafree's CIFAR values, docs/methods.md)."""
 
     lr: float = param(0.1, gt=0, doc="Adam learning rate of the pixel parameters")
     betas: tuple[float, float] = param((0.5, 0.99), ge=0, lt=1, doc="Adam betas")
@@ -86,7 +86,7 @@ class Params:
 
 def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float,
                   clamp: tuple[float, float] = JS_CLAMP) -> torch.Tensor:
-    """JS_τ between the temperature softmaxes, probabilities clamped (module docstring; METHODS.md §2)."""
+    """JS_τ between the temperature softmaxes, probabilities clamped (module docstring; docs/methods.md)."""
     p = F.softmax(p_logits / temperature, dim=1)
     q = F.softmax(q_logits / temperature, dim=1)
     m = (p + q) / 2
@@ -104,7 +104,7 @@ def total_variation_l1(x: torch.Tensor) -> torch.Tensor:
 
 def deepinv_loss(params: Params, bn_loss: torch.Tensor, teacher_logits: torch.Tensor,
                  student_logits: torch.Tensor | None, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """L of METHODS.md §2 (module docstring); ``student_logits`` may be None when λ_adv = 0."""
+    """L of docs/methods.md (module docstring); ``student_logits`` may be None when λ_adv = 0."""
     loss = params.lambda_bn * bn_loss + params.lambda_oh * F.cross_entropy(teacher_logits, labels)
     if params.lambda_adv > 0:
         loss = loss - params.lambda_adv * js_divergence(student_logits, teacher_logits, params.temperature)
@@ -123,6 +123,7 @@ def jitter_and_flip(x: torch.Tensor, fraction: float, flip: bool) -> torch.Tenso
 
 @register_method("deepinv")
 class DeepInv(Method):
+    display = Display(color="#9467bd", order=20)
     """Model inversion by pixel optimisation: one batch per epoch, best iterate to the pool."""
 
     Params = Params

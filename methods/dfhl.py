@@ -1,4 +1,4 @@
-"""DFHL: data-free hard-label robustness stealing (Yuan et al., AAAI 2024) — a native DFRD method (METHODS.md §5).
+"""DFHL: data-free hard-label robustness stealing (Yuan et al., AAAI 2024) — a native DFRD method (docs/methods.md).
 
 The teacher T is a *hard-label oracle*: the student S (the "clone") only ever sees argmax T(·),
 never T's probabilities or logits. References below are to the released code (LetheSec/DFHL-RS-Attack).
@@ -19,11 +19,11 @@ Per epoch:
    The best iterate of the round (lowest L_G) goes to the image pool with the teacher's hard labels
    argmax T(x) — one query per image — and *not* with the sampled y: y only steers G through the
    student, which is wrong early on, so y is a prompt, not a label; the label the student must learn
-   is T's decision (METHODS.md §5: "the student sees only argmax T(·)"; the released code stores
+   is T's decision (docs/methods.md: "the student sees only argmax T(·)"; the released code stores
    ``target_model(best_fake).topk(1)`` too). The history reports how often they agree
    (``gen_label_agreement``).
 
-   Log base of the balance term. METHODS.md §5, transcribing the paper, writes it with an
+   Log base of the balance term. docs/methods.md, transcribing the paper, writes it with an
    unqualified ``log``, which this plugin reads as the natural log; the released code computes it
    with ``torch.log10`` (losses.py ``div_loss``). Since log10 p = ln p / ln 10,
 
@@ -31,7 +31,7 @@ Per epoch:
 
    so the code's λ = 3 in log10 acts as λ = 3 / ln 10 ≈ 1.30 in natural log: the two bases are the
    same loss with a different weight of the balance term against the KL term (tested). The natural
-   log is the default (METHODS.md: where paper and code disagree, the paper's form is the default);
+   log is the default (docs/methods.md: where paper and code disagree, the paper's form is the default);
    ``balance_log10: true`` restores the code; it equals ``balance`` = 3 / ln 10 (≈ 1.3029)
    with the natural log.
 
@@ -102,7 +102,7 @@ Differences from the released code, on purpose or from the shared harness:
   the shared trainer always keeps and evaluates the last epoch;
 - its balance term uses log10, i.e. λ_eff = 3 / ln 10 ≈ 1.30 in natural log (above); the natural
   log is the default and ``balance_log10: true`` restores the code;
-- its clone loss is the HEE term alone; METHODS.md trains on the pool batch *and* the HEEs, here
+- its clone loss is the HEE term alone; docs/methods.md trains on the pool batch *and* the HEEs, here
   their mean; ``clean_weight: 0`` restores the code. The shared trainer queries T on the pool batch
   every step as well, so a step costs 2 × batch teacher queries (the code: 1 ×, the HEEs only);
 - the shared warm-up epochs, when an experiment sets them, precede student training (the code
@@ -112,7 +112,7 @@ Differences from the released code, on purpose or from the shared harness:
   the noise *before* the flips and the rotation, and rotates with nearest-neighbour interpolation;
   ours draws per image at a random crop position from the trainer's seeded CPU generator, makes
   crop, flips and rotation one bilinear resampling and adds the noise after it. The code's second
-  0.001 start noise of the HEE loop is left out (one σ 0.001 noise, METHODS.md). Its entropy is the
+  0.001 start noise of the HEE loop is left out (one σ 0.001 noise, docs/methods.md). Its entropy is the
   batch mean, ours the batch sum: the same signed step;
 - its pool (memory bank) keeps every batch in float32 and is read by a shuffled loader (each image
   once per pass); ours is bounded by ``schedule.pool_size`` (FIFO; set it to epochs × batch size or
@@ -136,10 +136,10 @@ from harness.attacks import attack_mode
 from harness.backbone.best_iterate import BestIterate
 from harness.backbone.devices import rand, randint, randn, to_host
 from harness.backbone.generator import Generator
-from harness.backbone.method import Method, MethodContext, register_method
+from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
+from harness.backbone.synthesis import ADAM_BETAS, global_view
 from harness.schema import param
-from methods.cmi import ADAM_BETAS, global_view
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class Params:
     smoothing: float = param(0.2, ge=0, lt=1, doc="label smoothing s of y: 1 − s on y, s/(C − 1) elsewhere")
     balance: float = param(3.0, ge=0, doc="λ of the balance term Σ_c p̄_c log p̄_c")
     balance_log10: bool = param(False, doc="balance term in log10 as in the released code, i.e. weight "
-                                           "λ/ln 10 in natural log (METHODS.md: natural log)")
+                                           "λ/ln 10 in natural log (docs/methods.md: natural log)")
     hee_steps: int = param(10, ge=0, doc="entropy-ascent steps of the high-entropy examples")
     hee_step_size: float = param(0.03, gt=0, doc="η: absolute signed step of the entropy ascent, pixel units "
                                                  "(no ε projection); replaced by hee_step_relative when set")
@@ -275,6 +275,7 @@ def hee_step(params: Params, epsilon: float) -> float:
 # --------------------------------------------------------------------------- the method
 @register_method("dfhl")
 class DFHL(Method):
+    display = Display(color="#1f77b4", order=50)
     """Hard-label data-free robustness stealing: balanced generation from the student, HEE queries."""
 
     # the released code's schedule where it differs from the shared defaults (train.py: --weight_decay 1e-4,

@@ -1,4 +1,4 @@
-"""Fair-ARD (Yue et al., NeurIPS 2023): the data-based robust-fairness reference (METHODS.md §7).
+"""Fair-ARD (Yue et al., NeurIPS 2023): the data-based robust-fairness reference (docs/methods.md).
 
 Unlike every other method of the harness, Fair-ARD distils *with the teacher's training set*
 (``needs_train_data``): each student step takes a batch of real training images x with labels y,
@@ -9,9 +9,9 @@ random start in the ε-ball), and minimises the class-weighted ARD loss
     ℓ_j = α τ² KL(T^τ(x_j) ‖ S^τ(x̃_j)) + (1 − α) CE(S(x_j), y_j)        (ARD, τ = 30, α = 1)
 
 or, for ``fair-rslad``, ℓ_j = 5/6 KL(T(x_j) ‖ S(x̃_j)) + 1/6 KL(T(x_j) ‖ S(x_j)) (RSLAD). KL is
-written teacher-first as everywhere in the harness (METHODS.md's "KL(S^τ(x̃) ‖ T^τ(x))" names
+written teacher-first as everywhere in the harness (docs/methods.md's "KL(S^τ(x̃) ‖ T^τ(x))" names
 PyTorch's argument order of the same divergence). ARD's CE term takes the untempered student
-logits, as in ARD's paper and code (METHODS.md writes S^τ; moot at the default α = 1). On a
+logits, as in ARD's paper and code (docs/methods.md writes S^τ; moot at the default α = 1). On a
 batch, Σ_c (1/n_c) Σ_j over the training set is estimated by the batch mean of ω_{y_j}·ℓ_j —
 identical in expectation on class-balanced training sets (CIFAR, Fashion-MNIST).
 
@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from harness.attacks import attack_mode, cross_entropy_loss, pgd
+from harness.backbone.class_weights import class_means, least_pgd_steps, lps_weights
 from harness.backbone.devices import place, to_host
 from harness.backbone.distill import kl_divergence
-from harness.backbone.method import Method, MethodContext, register_method
+from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.data import augment_batch
 from harness.schema import param
-from methods.ferd import class_means, least_pgd_steps, lps_weights
 
 CLAMP_RANGE = (5 / 6, 5 / 2)  # the released code's bounds on the normalised weights
 RSLAD_WEIGHTS = (5 / 6, 1 / 6)  # adversarial, clean
@@ -52,7 +52,7 @@ RSLAD_WEIGHTS = (5 / 6, 1 / 6)  # adversarial, clean
 
 @dataclass(frozen=True)
 class Params:
-    """Fair-ARD hyper-parameters (METHODS.md §7)."""
+    """Fair-ARD hyper-parameters (docs/methods.md)."""
 
     loss: str = param("ard", choices=("ard", "rslad"), doc="ARD's tempered KL, or RSLAD's 5/6–1/6 KL (Fair-RSLAD)")
     beta: float = param(2.0, ge=0, doc="ω_c = κ_c^−β; 0 = unweighted (ARD / RSLAD)")
@@ -117,6 +117,8 @@ def pgd_with_lps(student: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
                                       "rslad": {"loss": "rslad", "beta": 0.0}})
 class FairARD(Method):
     """Fair-ARD / Fair-RSLAD / ARD / RSLAD on the real training set (module docstring)."""
+
+    display = Display(color="#17becf", order=70)
 
     Params = Params
     version = "1"

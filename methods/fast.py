@@ -1,4 +1,4 @@
-"""Fast: meta-learned generator for fast data-free distillation (Fang et al., AAAI 2022) → DFRD (METHODS.md §4).
+"""Fast: meta-learned generator for fast data-free distillation (Fang et al., AAAI 2022) → DFRD (docs/methods.md).
 
 One persistent generator G is meta-learned so that a few steps from it synthesise a good
 batch. Each round (one per epoch) draws a fresh z ~ N(0, I) and uniform labels y, clones
@@ -68,10 +68,10 @@ from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
 from harness.backbone.devices import randint, randn
 from harness.backbone.generator import Generator
-from harness.backbone.method import Method, MethodContext, register_method
+from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
+from harness.backbone.synthesis import ADAM_BETAS, global_view, inversion_loss
 from harness.schema import param
-from methods.cmi import ADAM_BETAS, global_view, inversion_loss
 
 BN_MOMENTUM = 0.9
 
@@ -124,7 +124,7 @@ def meta_round(
     lr_g: float,
     lr_z: float,
 ) -> tuple[torch.Tensor, float, dict[str, float]]:
-    """Inner loop of one Fast round (METHODS.md §4); sets ``generator``'s .grad to the meta-gradient.
+    """Inner loop of one Fast round (docs/methods.md); sets ``generator``'s .grad to the meta-gradient.
 
     Clones G to G', runs ``steps`` Adam steps on (G', z) minimising ``loss_fn(G'(z))``, and
     leaves Σ_t ∇_{G'} L(G'_t) in G's .grad (previous values dropped) for the caller's meta
@@ -151,6 +151,7 @@ def meta_round(
 
 @register_method("fast")
 class Fast(Method):
+    display = Display(color="#ff7f0e", order=40)
     version = "2"  # 2: L_adv from the last warm-up epoch (``adv_start="code"``), λ_oh 0.4 (the WRN pair)
     Params = Params
 

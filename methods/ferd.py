@@ -148,19 +148,18 @@ from torch import nn
 from harness.attacks import attack_mode, cross_entropy_loss, pgd
 from harness.backbone.best_iterate import BestIterate
 from harness.backbone.bn_hooks import BNStatistics
+from harness.backbone.class_weights import LPS_WEIGHTINGS, class_means, least_pgd_steps, lps_weights
 from harness.backbone.devices import place, randn, randn_like, to_host
 from harness.backbone.distill import kl_divergence, kl_pgd
 from harness.backbone.generator import Generator
-from harness.backbone.method import Method, MethodContext, register_method
+from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
+from harness.backbone.synthesis import ADAM_BETAS, global_view
 from harness.errors import HarnessError
 from harness.metrics import normalized_entropy
 from harness.schema import param
-from methods.cmi import ADAM_BETAS, global_view
 
-LPS_WEIGHTINGS = ("power", "linear", "sigmoid", "tanh")
 MINMAX_RANGE = (0.05, 0.2)  # the code's target interval for D before renormalising
-POWER_EPS = 1e-5  # Fair-ARD's (κ + 1e-5)^−β
 VAR_FLOOR = 1e-6  # floor of the spatial variance v_c in Eq. 5 (variance_guard: floor)
 VAR_OFFSET = 1e-10  # the code's δ added to v_c and σ_c² in Eq. 5 (variance_guard: offset)
 UTAE_INIT_STD = 0.001
@@ -229,18 +228,6 @@ def class_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return true - others.max(dim=1).values
 
 
-def class_means(values: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """Per-class mean of ``values``; a class absent from ``labels`` keeps its ``previous`` entry.
-
-    With values = −m this is D_c of Eq. 2; with values = LPS it is Fair-ARD's κ_c.
-    """
-    previous = previous.to(torch.float64)
-    labels = to_host(labels)
-    counts = torch.bincount(labels, minlength=len(previous)).to(torch.float64)
-    sums = torch.zeros_like(previous).index_add_(0, labels, to_host(values).to(torch.float64))
-    return torch.where(counts > 0, sums / counts.clamp(min=1), previous)
-
-
 def softmax_weights(difficulty: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """p = softmax(D / τ) (Eq. 2)."""
     return torch.softmax(difficulty / tau, dim=0)
@@ -254,35 +241,6 @@ def minmax_weights(difficulty: torch.Tensor, low: float = MINMAX_RANGE[0],
         return torch.full_like(difficulty, 1 / len(difficulty))
     scaled = low + (difficulty - difficulty.min()) / span * (high - low)
     return scaled / scaled.sum()
-
-
-def lps_weights(kappa: torch.Tensor, mode: str, steps: int, beta: float = 2.0, lam: float = 0.0) -> torch.Tensor:
-    """Table 6 (Fair-ARD) weights from the mean least PGD steps κ_c (K = ``steps``), summing to 1.
-
-    power ω = (κ + 1e-5)^−β; linear ω = 1 − κ/(K+1); sigmoid ω = σ(λ + 5(1 − 2κ/K));
-    tanh ω = (1 + tanh(λ + 5(1 − 2κ/K)))/2. Small κ (a class broken in few steps) weighs more.
-    """
-    if mode == "power":
-        weights = (kappa + POWER_EPS) ** -beta
-    elif mode == "linear":
-        weights = 1 - kappa / (steps + 1)
-    elif mode == "sigmoid":
-        weights = torch.sigmoid(lam + 5 * (1 - 2 * kappa / steps))
-    elif mode == "tanh":
-        weights = (1 + torch.tanh(lam + 5 * (1 - 2 * kappa / steps))) / 2
-    else:
-        raise ValueError(f"unknown LPS weighting {mode!r}")
-    return weights / weights.sum()
-
-
-def least_pgd_steps(wrong: torch.Tensor) -> torch.Tensor:
-    """LPS per sample from ``wrong`` [K+1, N] (row t: iterate x^(t) misclassified).
-
-    The first t ∈ [0, K] with a misclassified iterate; K when the sample is never misclassified.
-    """
-    steps = len(wrong) - 1
-    t = torch.arange(len(wrong), device=wrong.device)[:, None].expand_as(wrong)
-    return torch.where(wrong, t, torch.full_like(t, steps)).min(dim=0).values
 
 
 def teacher_pgd_statistics(teacher: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, epsilon: float,
@@ -489,6 +447,20 @@ PRESETS = {
 
 @register_method("ferd", presets=PRESETS)
 class FERD(Method):
+    display = Display(
+        color="#d62728", order=60,
+        ablation={"ferd": "FERD", "ferd-no-reweight": "w/o reweighting", "ferd-no-fae": "w/o FAEs",
+                  "ferd-no-utae": "w/o UTAEs", "ferd-no-fae-utae": "w/o FAEs & UTAEs"},
+        symbols={"gamma": "γ", "layer": "layer", "reweight": "reweighting", "lambda_clean": "λ₁",
+                 "lambda_utae": "λ₂", "lambda_adv": "λ_adv", "lambda_bn": "λ_bn", "lambda_oh": "λ_oh",
+                 "lambda_uni": "λ_uni"},
+        value_titles={"reweight": {"softmax": "softmax (Eq. 2)", "minmax": "min-max (code)", "power": "LPS power",
+                                   "linear": "LPS linear", "sigmoid": "LPS sigmoid", "tanh": "LPS tanh",
+                                   "none": "uniform (none)"}},
+        views={"reweighting": ("reweight", "Class-reweighting strategies (Table 6)"),
+               "layer": ("layer", "Bottleneck layer of the FAEs (Table 9)"),
+               "lambdas": ("lambda_", "Loss weights (Table 7)"),
+               "gamma": ("gamma", "Uniform-target weight γ of the UTAEs (Fig. 5)")})
     version = "2"
     Params = Params
 

@@ -1,5 +1,5 @@
 """ZSKT — zero-shot knowledge transfer by adversarial belief matching (Micaelli & Storkey 2019),
-converted to data-free robustness distillation (METHODS.md §1).
+converted to data-free robustness distillation (docs/methods.md).
 
 A generator G plays against the student: it produces images on which teacher and student
 disagree most,
@@ -7,7 +7,7 @@ disagree most,
     L_G = −KL(T(G(z)) ‖ S(G(z)))            (minimised by G, i.e. KL maximised),
 
 and the student is then distilled on those images. In the DFRD conversion the student step
-is the shared robust distillation step (RSLAD, METHODS.md §0; the trainer's default
+is the shared robust distillation step (RSLAD, docs/methods.md; the trainer's default
 ``adversarial`` / ``student_loss``).
 
 Modes (``mode``).
@@ -82,7 +82,7 @@ Differences from the released code (reference mode unless said otherwise):
 - the generator ends in a Sigmoid (see Output BatchNorm) and its convolutions before a
   BatchNorm have no bias (a per-channel constant that BatchNorm removes);
 - the batch size is the schedule's (the original's CIFAR-10 scripts: 128), nz defaults to 256
-  (the shared generator's default, METHODS.md §0; the original: 100), per-dataset defaults
+  (the shared generator's default, docs/methods.md; the original: 100), per-dataset defaults
   in ``default_params``;
 - the samples figure (``gallery``) shows batches of fresh z through G in train mode (batch
   statistics, as the student's images; G's running statistics restored afterwards); the
@@ -108,7 +108,7 @@ from torch import nn
 from harness.backbone.distill import kl_divergence, rslad_loss
 from harness.backbone.devices import randn, to_host
 from harness.backbone.generator import Generator
-from harness.backbone.method import Method, MethodContext, register_method
+from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
 from harness.errors import HarnessError
 from harness.schema import param
@@ -134,7 +134,7 @@ class Params:
 
 
 def generator_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """L_G = −KL(T(x) ‖ S(x)), batch mean (METHODS.md §1); G minimises it."""
+    """L_G = −KL(T(x) ‖ S(x)), batch mean (docs/methods.md); G minimises it."""
     return -kl_divergence(teacher_logits, student_logits)
 
 
@@ -144,7 +144,7 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
 
 
 def attention_loss(student_blocks: list[torch.Tensor], teacher_blocks: list[torch.Tensor]) -> torch.Tensor:
-    """Σ_blocks mean((â_S − â_T)²), â the L2-normalised flattened attention map (METHODS.md §1).
+    """Σ_blocks mean((â_S − â_T)²), â the L2-normalised flattened attention map (docs/methods.md).
 
     A student map of another spatial size is resized bilinearly to the teacher's.
     """
@@ -181,6 +181,7 @@ def train_mode_frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 @register_method("zskt")
 class ZSKT(Method):
+    display = Display(color="#8c564b", order=10)
     """Adversarial belief matching: G maximises KL(T ‖ S) on its images; the student distils on them."""
 
     Params = Params
@@ -308,7 +309,7 @@ class ZSKT(Method):
     # ------------------------------------------------------------------ student
     def student_loss(self, x: torch.Tensor, x_adv: torch.Tensor, teacher_logits: torch.Tensor,
                      labels: torch.Tensor | None) -> torch.Tensor:
-        """RSLAD (METHODS.md §0), plus β·AT on the clean images when ``attention`` is on."""
+        """RSLAD (docs/methods.md), plus β·AT on the clean images when ``attention`` is on."""
         with torch.no_grad():  # the batch's teacher classes, for ``batch_class_counts``
             self._class_counts += (teacher_logits.argmax(1)[:, None] == self._classes).sum(0)
         self._student_batches += 1

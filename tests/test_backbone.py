@@ -12,7 +12,7 @@ from harness.backbone.bn_hooks import BNStatistics
 from harness.backbone.cost import Cost
 from harness.backbone.generator import Generator
 from harness.backbone.pool import ImagePool
-from harness.backbone.trainer import Trainer, cpu_name
+from harness.trainer import Trainer, cpu_name
 from harness.config import load_experiment
 from harness.data import get_dataset
 from harness.models import create_model

@@ -15,7 +15,8 @@ from harness.backbone.cost import Cost
 from harness.backbone.method import MethodContext
 from harness.data import get_dataset
 from harness.models import create_model
-from methods.cmi import ChannelMeans, MemoryBank, decision_adversarial_loss, info_nce, local_view
+from harness.backbone.synthesis import decision_adversarial_loss
+from methods.cmi import ChannelMeans, MemoryBank, info_nce, local_view
 from methods.fast import adversarial_on, meta_round
 from tests.e2e import history_of, kill_at_first_checkpoint, run_experiment, run_folder, start_run, write_experiment
 

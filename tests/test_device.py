@@ -12,9 +12,9 @@ import json
 import pytest
 import torch
 
-from harness.backbone import trainer as trainer_module
+from harness import trainer as trainer_module
 from harness.backbone.devices import RandomDrawOnDevice, StrictRandomDraws, randn, to_host
-from harness.backbone.trainer import Trainer, train_cell
+from harness.trainer import Trainer, train_cell
 from harness.config import load_experiment
 from harness.evaluate import evaluate
 from harness.models import create_model

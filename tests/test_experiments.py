@@ -7,7 +7,8 @@ import torch
 
 from harness.config import TeacherSpec, load_experiment
 from harness.data import FASHION_MNIST_SYSTEM_DIR, get_dataset, stratified_indices
-from harness.teacher import load_teacher, load_training_config, sha256_of
+from harness.teacher import load_teacher, sha256_of
+from harness.teacher_training import load_training_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_RECIPES = sorted((ROOT / "experiments" / "teachers").glob("*.yaml"))

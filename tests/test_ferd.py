@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.backbone.class_weights import class_means, least_pgd_steps, lps_weights
 from harness.backbone.cost import Cost
 from harness.backbone.distill import kl_pgd
 from harness.backbone.method import METHODS, MethodContext, load_plugins
@@ -23,14 +24,11 @@ from methods.ferd import (
     FERD,
     Params,
     class_margins,
-    class_means,
     decoupled_kl,
     ferd_student_loss,
     fit_bottleneck,
     generator_adversarial_loss,
     ib_objective,
-    least_pgd_steps,
-    lps_weights,
     minmax_weights,
     nonrobust_mask,
     softmax_weights,

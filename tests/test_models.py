@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.checkpoint import clean_state_dict
 from harness.errors import HarnessError
 from harness.models import MODELS, Classifier, create_model
-from harness.models.wrn import clean_state_dict
 
 BATCH = 2
 # (in_channels, image_size, num_classes): Fashion-MNIST, CIFAR-100, Tiny-ImageNet, synthetic.
@@ -148,5 +148,6 @@ def test_wrn_loads_trades_checkpoint(wrn_34_10: Classifier, variant: str, tmp_pa
     with torch.no_grad():
         expected = wrn_34_10(x)
         assert not torch.equal(fresh(x), expected)
-        fresh.load_state_dict(clean_state_dict(torch.load(path, weights_only=True)), strict=True)
+        state = clean_state_dict(torch.load(path, weights_only=True), fresh.ignored_checkpoint_prefixes)
+        fresh.load_state_dict(state, strict=True)
         assert torch.equal(fresh(x), expected)

@@ -3,7 +3,7 @@ keys that do not move while the settings hold their defaults."""
 
 import torch
 
-from harness.backbone.trainer import Trainer, environment
+from harness.trainer import Trainer, environment
 from harness.config import load_experiment
 
 GRID = """

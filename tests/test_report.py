@@ -374,3 +374,29 @@ def test_precision_labels_a_variant_with_its_default_filled_in():
     settings, params = varying_axes(configs)
     assert settings == ["precision"] and params == {"cmi": []}
     assert [axes["precision"] for axes in run_axes(configs)] == ["fp32", "bf16"]
+
+
+def test_a_plugin_from_harness_plugins_gets_its_own_colour_order_and_ablation_view(tmp_path):
+    """tests/toy_method.py is loaded through HARNESS_PLUGINS (tests/conftest.py) and declares its
+    family colour, its order and an ablation preset: the reports show it without knowing it."""
+    from matplotlib.colors import to_hex
+
+    results = tmp_path / "results"
+    write_run(results, "toy", 0, {"clean": (50.0, 20.0, 0.4), "pgd20": (30.0, 10.0, 0.5)}, experiment="toys")
+    write_run(results, "toy-zero", 0, {"clean": (45.0, 15.0, 0.4), "pgd20": (25.0, 5.0, 0.5)}, plugin="toy",
+              params={"gamma": 0.0}, experiment="toys")
+    write_run(results, "cmi", 0, {"clean": (70.0, 40.0, 0.3), "pgd20": (40.0, 10.0, 0.6)}, experiment="toys")
+    store = open_store("toys", results)
+    assert choose_layout(store) == "ablation"
+    text = render(build_table(store), "md")
+    assert "Toy w/o γ" in text and "| Toy " in text
+    main_rows = [line.split("|")[2].strip() for line in render(build_table(store, "main"), "md").splitlines()
+                 if line.startswith("| resnet8")]
+    assert main_rows[:2] == ["toy", "toy-zero"] and main_rows[-1] == "cmi"  # order 5 before CMI's 30
+    colors = plots.palette(store)
+    assert to_hex(colors["toy"]) == "#123456"
+    out = tmp_path / "figures"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["plot", "per-class", "toys", "--results", str(results), "--out", str(out),
+                     "--formats", "png"]) == 0
+    assert (out / "per-class.png").stat().st_size > 0

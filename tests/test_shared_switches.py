@@ -13,7 +13,7 @@ from harness.backbone.cost import Cost
 from harness.backbone.distill import kl_divergence, rslad_loss
 from harness.backbone.method import METHODS, Method, MethodContext, load_plugins
 from harness.backbone.pool import ImagePool
-from harness.backbone.trainer import Trainer
+from harness.trainer import Trainer
 from harness.config import load_experiment
 from harness.data import get_dataset
 from harness.models import create_model

@@ -16,7 +16,8 @@ from harness.data import get_dataset
 from harness.errors import HarnessError
 from harness.models import create_model
 from harness.data import augment_batch
-from harness.teacher import load_teacher, load_training_config, sha256_of, trades_loss
+from harness.teacher import load_teacher, sha256_of
+from harness.teacher_training import load_training_config, trades_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """

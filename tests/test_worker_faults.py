@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from harness import store, worker
-from harness.backbone import trainer as trainer_module
+from harness import trainer as trainer_module
 from harness.config import load_experiment
 from harness.runner.local import local_slots
 from harness.runner.slurm import CellJob, append_job_records

@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import nn
 
-from harness.backbone.method import Method, register_method
+from harness.backbone.method import Display, Method, register_method
 from harness.models import Classifier, register_model
 from harness.schema import param
 from methods.noise import NoiseControl
@@ -22,8 +22,12 @@ class ToyParams:
 
 @register_method("toy", presets={"toy-zero": {"gamma": 0.0}, "toy-code": {"mode": "code"}})
 class Toy(Method):
+    """Declares its report facts like a real plugin: a family colour, a place and an ablation."""
+
     Params = ToyParams
     version = "3"
+    display = Display(color="#123456", order=5, ablation={"toy": "Toy", "toy-zero": "Toy w/o γ"},
+                      symbols={"steps": "T_toy"})
 
     @classmethod
     def default_params(cls, dataset: str) -> ToyParams:

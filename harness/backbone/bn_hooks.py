@@ -1,4 +1,4 @@
-"""DeepInversion's BatchNorm-statistics loss through forward hooks (METHODS.md §0).
+"""DeepInversion's BatchNorm-statistics loss through forward hooks (docs/methods.md).
 
 For every BatchNorm2d of the teacher a hook records the batch mean μ_l(x) and biased
 variance σ²_l(x) of its input over (N, H, W); the loss is

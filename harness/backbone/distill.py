@@ -1,4 +1,4 @@
-"""The robust distillation step shared by the DFKD baselines (RSLAD conversion, METHODS.md §0).
+"""The robust distillation step shared by the DFKD baselines (RSLAD conversion, docs/methods.md).
 
 x_adv = KL-PGD on the student: start at x + 0.001·N(0, 1), ``steps`` signed steps of α
 maximising Σ KL(T(x) ‖ S(x_adv)), projected to the ε-ball and [0, 1];

@@ -1,4 +1,4 @@
-"""The shared DCGAN-style generator (METHODS.md §0), sized to the dataset.
+"""The shared DCGAN-style generator (docs/methods.md), sized to the dataset.
 
 z (nz) → Linear → BN → [Upsample×2 → Conv3×3 → BN → LeakyReLU(0.2)] ×2 → Conv3×3 → Sigmoid,
 starting at H/4 so it yields C×H×W images in [0, 1] (28×28 starts at 7×7).

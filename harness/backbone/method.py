@@ -3,7 +3,7 @@
 A method plugin is one file in ``methods/``: a :class:`Method` subclass with its
 hyper-parameters as a frozen dataclass ``Params`` (fields declared with
 :func:`harness.schema.param`), a ``version`` string that enters the run key, and the
-hooks the shared trainer calls each epoch (DESIGN.md, "The method contract"):
+hooks the shared trainer calls each epoch (docs/architecture.md, "The method contract"):
 
 - ``synthesize(epoch)``: the generation stage of one epoch (update generator/images, fill the pool);
 - ``sample(batch_size, generator)``: clean synthetic images (and labels when the method has them);
@@ -48,6 +48,28 @@ class NoParams:
     """Hyper-parameters of a method that has none."""
 
 
+@dataclass(frozen=True)
+class Display:
+    """How tables and figures show a method (read by ``harness.report``, so that a plugin loaded from
+    ``HARNESS_PLUGINS`` is drawn and tabulated like the shipped ones without editing the reports).
+
+    ``color``: the hue of the method's family in figures (its variants get shades; None: a spare
+    hue). ``order``: its place among methods in tables and legends (lower first; presets follow
+    their method in registration order). ``ablation``: method or preset name → row title in the
+    ablation table. ``symbols``: hyper-parameter → symbol in column titles (``gamma`` → γ).
+    ``value_titles``: hyper-parameter → value → title of that value in tables. ``views``: table
+    layouts the method's sweeps make — layout name → (swept hyper-parameter, or a prefix ending in
+    ``_`` for a family of them, and the table's title).
+    """
+
+    color: str | None = None
+    order: int = 1000
+    ablation: Mapping[str, str] = field(default_factory=dict)
+    symbols: Mapping[str, str] = field(default_factory=dict)
+    value_titles: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    views: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
 @dataclass
 class MethodContext:
     """What the trainer hands a method: models, data facts, budget, device and cost meter."""
@@ -74,7 +96,7 @@ class Method:
 
     Subclasses implement ``synthesize`` and ``sample``; ``adversarial`` and
     ``student_loss`` default to the RSLAD conversion (KL-PGD on the student, Eq. of
-    METHODS.md §0). State that must survive a restart goes through ``state_dict``.
+    docs/methods.md). State that must survive a restart goes through ``state_dict``.
     """
 
     name: ClassVar[str] = ""
@@ -83,6 +105,7 @@ class Method:
     needs_train_data: ClassVar[bool] = False  # data-based references (Fair-ARD): ``ctx.train_data`` is set
     # schedule keys the method's reference runs with (e.g. DFHL's weight decay), used where a file leaves them unset
     schedule_defaults: ClassVar[Mapping[str, Any]] = {}
+    display: ClassVar[Display] = Display()  # how reports show it
 
     def __init__(self, params: Any, context: MethodContext) -> None:
         self.params = params

@@ -11,12 +11,15 @@ A model is a sequence of named *stages* (module attributes run in order) followe
 
 Inputs are images in [0, 1]; a model that wants normalisation carries it in
 ``input_mean`` / ``input_std`` and applies it inside ``features``. ``create_model`` stores the
-weights channels-last and the stages see channels-last activations: on the CPU that makes our
-small convnets' input-gradient passes (every attack step) 1.3-2.4x faster, and on a GPU it is the
-layout tensor cores want (benchmarks/channels_last.py measures it). Keep processes × threads within
-the cores, as the local runner does through ``OMP_NUM_THREADS``: oversubscribed (two 2-thread
-processes on 2 cores), channels-last backward passes of tiny batches slowed down 10x in our
-measurements, NCHW ones 3x.
+weights channels-last and the stages see channels-last activations, because that layout makes
+the input-gradient passes of every attack step faster on the CPU and is the one GPU tensor cores
+want (benchmarks/channels_last.py measures it). Keep processes × threads within the cores, as the
+local runner does through ``OMP_NUM_THREADS``: oversubscription slows channels-last backward passes
+of small batches more than NCHW ones.
+
+An architecture whose reference checkpoints carry modules it does not build lists their key
+prefixes in ``ignored_checkpoint_prefixes``; :mod:`harness.checkpoint` drops them on loading.
+Layer helpers shared by the architectures are in :mod:`harness.models.layers`.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from harness.errors import HarnessError
 
 class Classifier(nn.Module):
     """Base class: subclasses set ``stages``, ``feature_layers``, ``block_layers``
-    and implement ``tail``."""
+    (optionally ``ignored_checkpoint_prefixes``) and implement ``tail``."""
 
     stages: tuple[str, ...] = ()
     feature_layers: tuple[str, ...] = ()
     block_layers: tuple[str, ...] = ()
     default_feature_layer: str = ""
+    ignored_checkpoint_prefixes: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ from torch import nn
 
 from harness.models import register_model
 from harness.models.base import Classifier
-from harness.models.resnet import conv_bn_relu, init_weights, pool_and_classify
+from harness.models.layers import conv_bn_relu, init_weights, pool_and_classify
 
 # (expansion t, output channels c, blocks n, first stride s) per stage.
 MOBILENETV2_CIFAR_CONFIG = (

@@ -1,37 +1,20 @@
 """WideResNet-34-10/20 with the module layout of the TRADES / RobustBench WideResNet.
 
 State-dict keys match those checkpoints (``conv1``, ``block{1,2,3}.layer.{i}.{bn1,conv1,
-bn2,conv2,convShortcut}``, ``bn1``, ``fc``) except for TRADES' unused ``sub_block1``,
-which :func:`clean_state_dict` drops. Global average pooling replaces the fixed 8x8
-pooling, so every image size works and the builders ignore ``image_size``.
+bn2,conv2,convShortcut}``, ``bn1``, ``fc``) except for TRADES' unused ``sub_block1``, which
+:attr:`WideResNet.ignored_checkpoint_prefixes` names so that :mod:`harness.checkpoint` drops it on
+loading. Global average pooling replaces the fixed 8x8 pooling, so every image size works and the
+builders ignore ``image_size``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from harness.models import register_model
 from harness.models.base import Classifier
-from harness.models.resnet import conv3x3, init_weights, pool_and_classify
-
-IGNORED_PREFIXES = ("sub_block1.",)
-
-
-def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip a leading ``module.`` (DataParallel) from every key and drop ``sub_block1.*``.
-
-    Returns a plain dict (without version metadata), so BatchNorm fills in a missing
-    ``num_batches_tracked`` from old checkpoints and ``load_state_dict(strict=True)`` works.
-    """
-    cleaned = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.")
-        if not key.startswith(IGNORED_PREFIXES):
-            cleaned[key] = value
-    return cleaned
+from harness.models.layers import conv3x3, init_weights, pool_and_classify
 
 
 class WideBasicBlock(nn.Module):
@@ -82,6 +65,7 @@ class WideResNet(Classifier):
     feature_layers = ("block1", "block2", "block3", "bn1")
     block_layers = ("block1", "block2", "block3")
     default_feature_layer = "bn1"  # FERD's bottleneck in its released code: block3 → bn1, before the ReLU
+    ignored_checkpoint_prefixes = ("sub_block1.",)  # TRADES' WideResNet builds an unused copy of block1
 
     def __init__(self, depth: int, widen_factor: int, in_channels: int, num_classes: int, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from harness.config import SAFE_NAME, CellSettings, load_experiment
 from harness.errors import HarnessError
+from harness.report import methods as method_facts
 from harness.store import cell_state
 
 SCORES = ("avg", "worst", "worst10", "nsd")
@@ -27,8 +28,6 @@ LABEL_SECTIONS = ("teacher", "schedule", "threat", "eval", "params")
 # top-level cell settings that label a variant, with the default a config.json leaves out
 LABEL_SETTINGS = {f.name: f.default for f in fields(CellSettings) if f.name in ("precision", "compile")}
 NOT_LABELS = {"teacher.sha256"}  # follows the checkpoint; never a variant of its own
-METHOD_ORDER = ("noise", "zskt", "deepinv", "cmi", "fast", "dfhl", "ferd", "ferd-code", "ferd-no-reweight",
-                "ferd-no-fae", "ferd-no-utae", "ferd-no-fae-utae", "ard", "rslad", "fair-ard", "fair-rslad")
 
 
 def _read_json(path: Path) -> Any:
@@ -149,8 +148,8 @@ def run_axes(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return axes
 
 
-def _method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+def _method_rank(method: str) -> tuple[int, int, str]:
+    return method_facts.order_key(method)
 
 
 @dataclass(frozen=True)

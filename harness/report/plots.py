@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import itertools
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,12 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from harness.errors import HarnessError  # noqa: E402
+from harness.report import methods as method_facts  # noqa: E402
 from harness.report.collect import Run, Store, value_text  # noqa: E402
 from harness.report.names import ATTACK_TITLES, ATTACKS, PLOT_KINDS  # noqa: E402
 from harness.store import atomic_write_bytes  # noqa: E402
 
-FAMILY_COLORS = {"teacher": "#222222", "noise": "#9e9e9e", "zskt": "#8c564b", "deepinv": "#9467bd",
-                 "cmi": "#2ca02c", "fast": "#ff7f0e", "dfhl": "#1f77b4", "ferd": "#d62728",
-                 "ard": "#7f7f7f", "rslad": "#bcbd22", "fair-ard": "#17becf", "fair-rslad": "#e377c2"}
+TEACHER_COLOR = "#222222"
 TEACHER = "teacher"
 MAX_ANNOTATED_CLASSES = 10  # confusion cells carry their number up to this many classes
 MAX_LABELLED_CLASSES = 20  # beyond this, per-class plots draw lines and sparse ticks
@@ -65,9 +63,9 @@ def palette(store: Store, with_teacher: bool = False) -> dict[str, Any]:
         if run.variant not in families[family]:
             families[family].append(run.variant)
     spare = iter(sns.color_palette("tab10", len(families) + 10)[::-1])
-    colors: dict[str, Any] = {TEACHER: FAMILY_COLORS[TEACHER]} if with_teacher else {}
+    colors: dict[str, Any] = {TEACHER: TEACHER_COLOR} if with_teacher else {}
     for family, members in families.items():
-        base = FAMILY_COLORS.get(family) or next(spare)
+        base = method_facts.family_color(family) or next(spare)
         shades = sns.light_palette(base, len(members) + 2, reverse=True)[: len(members)] if len(members) > 1 else [base]
         colors |= dict(zip(members, shades))
     return {v: colors[v] for v in ([TEACHER] if with_teacher else []) + variants}
@@ -313,7 +311,7 @@ def gamma(store: Store, options: PlotOptions) -> list[Path]:
         axis = axes[row, column]
         panel = data[(data["metric"] == metric) & (data["student"] == student)]
         sns.lineplot(panel, x="x", y="accuracy", hue="method", style="attack", markers=True, errorbar="sd",
-                     palette={line: colors.get(line, FAMILY_COLORS["ferd"]) for line in lines}, ax=axis,
+                     palette={line: colors.get(line, TEACHER_COLOR) for line in lines}, ax=axis,
                      legend=column == 1)
         axis.set(title=metric + (f" · {student}" if len(students) > 1 else ""),
                  xlabel=axis_name.rsplit(".", 1)[-1].replace("gamma", "γ"), ylabel="accuracy (%)")
@@ -378,19 +376,11 @@ def epochs(store: Store, options: PlotOptions) -> list[Path]:
 
 
 def _gallery(run: Run) -> dict[str, np.ndarray] | None:
-    """``synthetic.npz`` of a run; for runs made before it existed, rebuilt once from the last
-    checkpoint's pool (labelled by the teacher, nothing trained) and saved beside it."""
+    """``synthetic.npz`` of a run (the trainer writes it at the end of a cell), or None when the run
+    has none (runs made before it existed; figures only read the store, they never rebuild a run)."""
     path = run.run_dir / "synthetic.npz"
     if not path.exists():
-        if not (run.run_dir / "checkpoints" / "last.pt").exists():
-            return None
-        from harness.backbone.trainer import Trainer
-        from harness.config import RunSpec
-
-        print(f"{run.run_dir}: no synthetic.npz; rebuilding it from checkpoints/last.pt", file=sys.stderr)
-        trainer = Trainer(RunSpec.from_dict(run.config, str(run.run_dir / "config.json")), run.run_dir, "cpu", False)
-        trainer.load_checkpoint()
-        trainer.write_gallery()
+        return None
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
 
@@ -416,7 +406,7 @@ def samples(store: Store, options: PlotOptions) -> list[Path]:
             if gallery is not None:
                 galleries[run.variant] = gallery
     if not galleries:
-        raise HarnessError(f"{store.name}: no run has synthetic.npz or a checkpoint to rebuild it from")
+        raise HarnessError(f"{store.name}: no run has synthetic.npz (written at the end of a cell)")
     per_row = max(int(np.bincount(g["teacher_labels"], minlength=len(names)).max()) for g in galleries.values())
     per_row = max(per_row, 1)
     columns = min(4, len(galleries))

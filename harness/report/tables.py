@@ -9,10 +9,11 @@ fewer runs than its row (an attack some runs lack, or NSD undefined) is marked �
 
 Layouts (``--layout``, else chosen from what the experiment contains by :func:`choose_layout`):
 ``main`` (Tables 1, 2, 5: attack × {Avg, Worst, NSD}; Worst-10 % for ≥ 100 classes),
-``ablation`` (Table 3: FERD and its ablation presets), ``reweighting`` (Table 6),
-``lambdas`` (Table 7), ``dfkd-vs-dfrd`` (Table 8: each method without and with adversarial
-distillation, the DFRD row with its change in parentheses), ``layer`` (Table 9) and
-``gamma`` (the numbers of Fig. 5).
+``ablation`` (Table 3: a method and the presets it declares as its ablations), ``dfkd-vs-dfrd``
+(Table 8: each method without and with adversarial distillation, the DFRD row with its change in
+parentheses), and the sweep views methods declare (``Method.display.views``; FERD's
+``reweighting`` Table 6, ``lambdas`` Table 7, ``layer`` Table 9, ``gamma`` the numbers of Fig. 5).
+Row titles, column symbols and value titles come from the methods' declarations too.
 """
 
 from __future__ import annotations
@@ -27,24 +28,14 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report.collect import Run, Store, value_text
-from harness.report.names import ATTACK_TITLES, ATTACKS, LAYOUTS, METRIC_TITLES, METRICS
+from harness.report import methods as method_facts
+from harness.report.names import ATTACK_TITLES, ATTACKS, METRIC_TITLES, METRICS
 LOWER_IS_BETTER = frozenset({"nsd"})
-ABLATIONS = {"ferd": "FERD", "ferd-no-reweight": "w/o reweighting", "ferd-no-fae": "w/o FAEs",
-             "ferd-no-utae": "w/o UTAEs", "ferd-no-fae-utae": "w/o FAEs & UTAEs"}
-REWEIGHTING = {"softmax": "softmax (Eq. 2)", "minmax": "min-max (code)", "power": "LPS power",
-               "linear": "LPS linear", "sigmoid": "LPS sigmoid", "tanh": "LPS tanh", "none": "uniform (none)"}
-PARAM_TITLES = {"params.gamma": "γ", "params.layer": "layer", "params.reweight": "reweighting",
-                "params.lambda_clean": "λ₁", "params.lambda_utae": "λ₂", "params.lambda_adv": "λ_adv",
-                "params.lambda_bn": "λ_bn", "params.lambda_oh": "λ_oh", "params.lambda_uni": "λ_uni"}
 TITLES = {
     "main": "Robust accuracy and robust fairness per attack (Tables 1, 2, 5)",
-    "ablation": "Ablation of FERD's components (Table 3)",
-    "reweighting": "Class-reweighting strategies (Table 6)",
-    "lambdas": "Loss weights (Table 7)",
+    "ablation": "Ablation (Table 3)",
     "dfkd-vs-dfrd": "Data-free KD vs data-free robust distillation; DFRD's change in parentheses (Table 8)",
-    "layer": "Bottleneck layer of the FAEs (Table 9)",
-    "gamma": "Uniform-target weight γ of the UTAEs (Fig. 5)",
-}
+}  # plus the sweep views the methods declare (harness.report.methods.views)
 Format = Literal["md", "tex", "csv"]
 DFKD_AXIS = "schedule.adversarial"
 
@@ -54,24 +45,34 @@ def _swept(store: Store, prefix: str) -> list[str]:
     return list(dict.fromkeys(axis for run in store.runs for axis in run.axes if axis.startswith(prefix)))
 
 
+def _ablation_runs(store: Store) -> list[Run]:
+    titles = method_facts.ablation_titles()
+    return [run for run in store.runs if run.method in titles]
+
+
 def choose_layout(store: Store) -> str:
-    """The layout an experiment was made for, from the axes it varies and the methods it runs."""
-    methods = {run.method for run in store.runs}
+    """The layout an experiment was made for, from the axes it varies and the methods it runs: an
+    ablation when it runs a preset a method declares as one of its ablations, else a declared view
+    whose hyper-parameter it sweeps, else the main table."""
     if _swept(store, DFKD_AXIS):
         return "dfkd-vs-dfrd"
-    if methods & (set(ABLATIONS) - {"ferd"}):
+    if any(run.method != run.config.get("plugin") for run in _ablation_runs(store)):
         return "ablation"
-    for layout, prefix in (("reweighting", "params.reweight"), ("layer", "params.layer"),
-                           ("lambdas", "params.lambda_"), ("gamma", "params.gamma")):
-        if _swept(store, prefix):
+    for layout, (param, _) in method_facts.views().items():
+        if _swept(store, f"params.{param}"):
             return layout
     return "main"
 
 
+def layouts() -> dict[str, str]:
+    """Every layout ``table`` knows, with its title: the generic ones and the methods' views."""
+    return TITLES | {name: title for name, (_, title) in method_facts.views().items()}
+
+
 def _layout_axes(store: Store, layout: str) -> list[str]:
     """The axes a sweep layout shows as columns of their own."""
-    prefix = {"reweighting": "params.reweight", "layer": "params.layer", "lambdas": "params.lambda_",
-              "gamma": "params.gamma", "dfkd-vs-dfrd": DFKD_AXIS}.get(layout)
+    views = method_facts.views()
+    prefix = DFKD_AXIS if layout == "dfkd-vs-dfrd" else f"params.{views[layout][0]}" if layout in views else None
     if prefix is None:
         return []
     axes = _swept(store, prefix)
@@ -130,7 +131,7 @@ def _row_labels(store: Store, layout: str, run: Run, axes: list[str]) -> tuple[t
     many_datasets = len({r.dataset for r in store.runs}) > 1
     block = (run.dataset, run.student) if many_datasets else (run.student,)
     if layout == "ablation":
-        name = ABLATIONS[run.method] + run.label()[len(run.method):]
+        name = method_facts.ablation_titles()[run.method] + run.label()[len(run.method):]
         return block, (*block, name)
     if layout == "dfkd-vs-dfrd":
         kind = "DFRD" if run.axes.get(DFKD_AXIS, True) else "DFKD"
@@ -138,13 +139,13 @@ def _row_labels(store: Store, layout: str, run: Run, axes: list[str]) -> tuple[t
     values = []
     for axis in axes:
         value = run.axes.get(axis)
-        values.append(REWEIGHTING.get(value, str(value)) if axis == "params.reweight" else value_text(value))
+        values.append(method_facts.value_title(axis, value) or value_text(value))
     return block, (*block, run.label(without=tuple(axes)), *values)
 
 
 def _layout_runs(store: Store, layout: str, axes: list[str]) -> list[Run]:
     if layout == "ablation":
-        return [run for run in store.runs if run.method in ABLATIONS]
+        return _ablation_runs(store)
     if axes:
         return [run for run in store.runs if any(axis in run.axes for axis in axes)]
     return list(store.runs)
@@ -246,14 +247,16 @@ def build_table(store: Store, layout: str | None = None, metric: str | None = No
                 attacks: list[str] | None = None, cost: bool = False) -> Table:
     """The table of ``layout`` (default: :func:`choose_layout`) for the runs of ``store``."""
     layout = layout or choose_layout(store)
-    if layout not in LAYOUTS:
-        raise HarnessError(f"--layout: unknown layout '{layout}' (choose from {', '.join(LAYOUTS)})")
+    known = layouts()
+    if layout not in known:
+        raise HarnessError(f"--layout: unknown layout '{layout}' (choose from {', '.join(known)})")
     if metric is not None and metric not in (*METRICS, "all"):
         raise HarnessError(f"--metric: unknown metric '{metric}' (choose from {', '.join(METRICS)}, all)")
     axes = _layout_axes(store, layout)
     rows = _group_rows(store, layout, axes)
     if not rows:
-        raise HarnessError(f"{store.name}: no runs for layout '{layout}' (methods {', '.join(ABLATIONS)})")
+        raise HarnessError(f"{store.name}: no runs for layout '{layout}' "
+                           f"(methods {', '.join(method_facts.ablation_titles())})")
     scores = store.scores()
     if scores.empty:
         raise HarnessError(f"{store.name}: no finished run yet (nothing to tabulate)")
@@ -266,8 +269,8 @@ def build_table(store: Store, layout: str | None = None, metric: str | None = No
         titles["aa"] = "AA (fast)"
     many_datasets = len({r.dataset for r in store.runs}) > 1
     index = (["Dataset"] if many_datasets else []) + ["Student", "Method"]
-    index += ["Distillation"] if layout == "dfkd-vs-dfrd" else [PARAM_TITLES.get(a, a) for a in axes]
-    return Table(layout, f"{store.name}: {TITLES[layout]}", index, columns, rows, titles,
+    index += ["Distillation"] if layout == "dfkd-vs-dfrd" else [method_facts.param_symbol(a) for a in axes]
+    return Table(layout, f"{store.name}: {known[layout]}", index, columns, rows, titles,
                  show_n=any(len(row.runs) > 1 or not row.complete for row in rows),
                  cost=_cost(rows) if cost else None)
 

@@ -10,12 +10,12 @@ uniform, the fashion-mnist default of 25 λ_r steps), for 3 seeds.
 
 import torch
 
+from harness.backbone.generator import Generator
+from harness.backbone.synthesis import global_view
 from harness.config import TeacherSpec
 from harness.data import get_dataset
 from harness.teacher import load_teacher
-from methods.cmi import global_view
 from methods.ferd import FERD, bottleneck_noise, fit_bottleneck, nonrobust_mask, spatial_variance
-from harness.backbone.generator import Generator
 
 torch.set_num_threads(1)
 info = get_dataset("fashion-mnist")

@@ -1,6 +1,6 @@
-"""The shared trainer loop: one grid cell from its spec to ``metrics.json`` (DESIGN.md, Result store).
+"""The shared trainer loop: one grid cell from its spec to ``metrics.json`` (docs/architecture.md, Result store).
 
-Per epoch (METHODS.md §0, "Distillation schedule"): the method's generation round
+Per epoch (docs/methods.md, "Distillation schedule"): the method's generation round
 (``synthesize``), then — after the warm-up epochs — T_s student steps on batches from
 ``sample`` with the method's ``adversarial`` examples and ``student_loss`` (student SGD,
 cosine over the student steps), then ``end_of_epoch``. Every ``history_every`` epochs the
