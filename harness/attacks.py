@@ -8,6 +8,7 @@ Evaluation attacks are registered in :data:`ATTACKS` by the names used in config
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,12 +22,18 @@ from harness.errors import HarnessError
 from harness.registry import Registry
 
 
-@contextmanager
-def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+def attack_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """Eval mode and ``requires_grad_(False)`` on the parameters, restored on exit."""
+    return frozen(model, train=False)
+
+
+@contextmanager
+def frozen(model: nn.Module, *, train: bool) -> Iterator[nn.Module]:
+    """Train or eval mode and ``requires_grad_(False)`` on the parameters; the caller's modes and
+    flags restored on exit."""
     modes = [(module, module.training) for module in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
+    model.train(train)
     model.requires_grad_(False)
     try:
         yield model

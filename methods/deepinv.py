@@ -123,8 +123,9 @@ def jitter_and_flip(x: torch.Tensor, fraction: float, flip: bool) -> torch.Tenso
 
 @register_method("deepinv")
 class DeepInv(Method):
-    display = Display(color="#9467bd", order=20)
     """Model inversion by pixel optimisation: one batch per epoch, best iterate to the pool."""
+
+    display = Display(color="#9467bd", order=20)
 
     Params = Params
     version = "1"

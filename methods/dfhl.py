@@ -275,8 +275,9 @@ def hee_step(params: Params, epsilon: float) -> float:
 # --------------------------------------------------------------------------- the method
 @register_method("dfhl")
 class DFHL(Method):
-    display = Display(color="#1f77b4", order=50)
     """Hard-label data-free robustness stealing: balanced generation from the student, HEE queries."""
+
+    display = Display(color="#1f77b4", order=50)
 
     # the released code's schedule where it differs from the shared defaults (train.py: --weight_decay 1e-4,
     # CosineAnnealingLR eta_min=2e-4); lr 0.1 and momentum 0.9 are the shared values already

@@ -96,8 +96,6 @@ KL at temperature 1, β = 250 for AT, and the student's images not augmented.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -105,8 +103,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.backbone.distill import kl_divergence, rslad_loss
+from harness.attacks import frozen
 from harness.backbone.devices import randn, to_host
+from harness.backbone.distill import kl_divergence, rslad_loss
 from harness.backbone.generator import Generator
 from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.backbone.pool import ImagePool
@@ -162,27 +161,11 @@ def _block_count(model: nn.Module) -> int:
     return len(getattr(model, "block_layers", ())) if hasattr(model, "forward_blocks") else 0
 
 
-@contextmanager
-def train_mode_frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Train mode and ``requires_grad_(False)`` on the parameters, the caller's modes and flags
-    restored on exit (the student during reference-mode generator steps)."""
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.train()
-    model.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for module, training in modes:
-            module.training = training
-
-
 @register_method("zskt")
 class ZSKT(Method):
-    display = Display(color="#8c564b", order=10)
     """Adversarial belief matching: G maximises KL(T ‖ S) on its images; the student distils on them."""
+
+    display = Display(color="#8c564b", order=10)
 
     Params = Params
     version = "2"  # 2: reference mode (no pool) is the default
@@ -244,7 +227,7 @@ class ZSKT(Method):
         ctx, params = self.ctx, self.params
         z = randn((batch_size, params.nz), generator=generator, device=ctx.device)
         self.generator.train()
-        with torch.enable_grad(), train_mode_frozen(ctx.student):
+        with torch.enable_grad(), frozen(ctx.student, train=True):
             for _ in range(params.n_g):
                 self._kl_sum += self._generator_step(z).double()
         with torch.no_grad():
