@@ -70,6 +70,12 @@ def resnet8(in_channels: int, num_classes: int, image_size: int, **kwargs) -> Cl
     return ResNet((1, 1, 1), (16, 32, 64), in_channels, num_classes, **kwargs)
 
 
+@register_model("resnet8-w2", aliases=("resnet8_w2",))
+def resnet8_w2(in_channels: int, num_classes: int, image_size: int, **kwargs) -> Classifier:
+    """ResNet-8 at twice the width (32, 64, 128): the capacity check of the offline benchmark."""
+    return ResNet((1, 1, 1), (32, 64, 128), in_channels, num_classes, **kwargs)
+
+
 @register_model("mobilenetv2-tiny", aliases=("mobilenetv2_tiny",))
 def mobilenetv2_tiny(in_channels: int, num_classes: int, image_size: int, **kwargs) -> Classifier:
     """Narrow MobileNetV2 student (expansion 4, widths 16-64, last 1x1 conv to 256; ~103k)."""
