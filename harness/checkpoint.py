@@ -55,9 +55,11 @@ def read_state_dict(path: str | Path, ignored_prefixes: tuple[str, ...] = ()) ->
     return clean_state_dict(content, ignored_prefixes)
 
 
-def load_model(arch: str, checkpoint: str | Path | None, info: DatasetInfo) -> Classifier:
-    """Architecture ``arch`` for dataset ``info``, with weights from ``checkpoint`` if given."""
-    model = create_model(arch, in_channels=info.channels, num_classes=info.num_classes, image_size=info.image_size)
+def load_model(arch: str, checkpoint: str | Path | None, info: DatasetInfo, **model_kwargs) -> Classifier:
+    """Architecture ``arch`` for dataset ``info`` (``model_kwargs`` go to its builder, e.g. the input
+    normalisation), with weights from ``checkpoint`` if given."""
+    model = create_model(arch, in_channels=info.channels, num_classes=info.num_classes, image_size=info.image_size,
+                         **model_kwargs)
     if checkpoint is None:
         return model
     state = read_state_dict(checkpoint, model.ignored_checkpoint_prefixes)

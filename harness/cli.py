@@ -178,14 +178,29 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _teacher_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("train",), help="train: adversarial training from a YAML recipe")
-    parser.add_argument("config", help="teacher recipe, e.g. experiments/teachers/fashion-mnist.yaml")
+    parser.add_argument("action", choices=("train", "check"),
+                        help="train: adversarial training from a YAML recipe; check: load every distinct "
+                             "teacher of an experiment and measure its clean and PGD-20 accuracy")
+    parser.add_argument("config", nargs="?",
+                        help="train: a teacher recipe (e.g. experiments/teachers/fashion-mnist.yaml); "
+                             "check: an experiment file (or use --teacher)")
+    parser.add_argument("--teacher", metavar="YAML",
+                        help="check: one teacher as a YAML mapping, e.g. "
+                             "'{arch: cnn5, checkpoint: teachers/fashion-mnist/cnn5.pt}' (needs --dataset)")
+    parser.add_argument("--dataset", help="check: the dataset of --teacher")
+    parser.add_argument("--data-root", help="check: the dataset folder of --teacher")
+    parser.add_argument("--n", type=int, default=1000, help="check: stratified test images (default 1000)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-@command("teacher", "train a robust teacher (PGD-AT or TRADES); re-running resumes", _teacher_arguments)
+@command("teacher", "train a robust teacher (PGD-AT or TRADES), or check the teachers of an experiment",
+         _teacher_arguments)
 def teacher(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        return _teacher_check(args)
+    if args.config is None or args.teacher is not None:
+        raise HarnessError("teacher train: give the recipe file (and no --teacher)")
     from harness.evaluate import per_class_table
     from harness.teacher_training import load_training_config, train_teacher
 
@@ -194,6 +209,35 @@ def teacher(args: argparse.Namespace) -> int:
                            command=f"python -m harness teacher train {args.config}")
     print(per_class_table(report).to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
     print(f"wrote {config.output}/{report['checkpoint']} (sha256 {report['sha256'][:12]}…) and its report")
+    return 0
+
+
+def _teacher_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from harness.config import experiment_from_mapping, load_experiment
+    from harness.teacher_check import check_teacher, distinct_teachers
+
+    if (args.config is None) == (args.teacher is None):
+        raise HarnessError("teacher check: give an experiment file or --teacher (one of them)")
+    if args.n < 1:
+        raise HarnessError(f"teacher check: --n must be >= 1 (got {args.n})")
+    if args.teacher is not None:
+        if args.dataset is None:
+            raise HarnessError("teacher check: --teacher needs --dataset")
+        try:
+            spec = yaml.safe_load(args.teacher)
+        except yaml.YAMLError as error:
+            raise HarnessError(f"--teacher: not YAML ({' '.join(str(error).split())[:120]})") from None
+        base = {"method": "noise", "student": "resnet8", "dataset": args.dataset, "teacher": spec,
+                **({"data_root": args.data_root} if args.data_root else {})}
+        experiment = experiment_from_mapping({"name": "teacher-check", "base": base}, "--teacher")
+    else:
+        experiment = load_experiment(args.config)
+    device = resolve_device(args.device)
+    for teacher in distinct_teachers(experiment.cells):
+        result = check_teacher(teacher, n=args.n, device=device, progress=not args.quiet)
+        print("\n".join(result.lines()))
     return 0
 
 
@@ -272,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(checkpoint).is_file():
             raise HarnessError(f"{args.file}: teacher.checkpoint: file not found: {checkpoint}")
     executor = _executor(args, experiment, results)
+    _warn_emulated_bf16(experiment, args.device)
     check_results_folder(results)
     outcome = run_experiment(experiment, results, executor, mode=args.mode, progress=not args.quiet)
     parts = [f"{outcome[k]} {k}" for k in ("done", "failed", "interrupted", "submitted") if outcome[k]]
@@ -290,6 +335,17 @@ def run(args: argparse.Namespace) -> int:
             for path in _write_reports(experiment, results):
                 print(f"wrote {path}")
     return 1 if outcome["failed"] or outcome["interrupted"] else 0
+
+
+def _warn_emulated_bf16(experiment, device: str) -> None:
+    """One line when bf16 cells will run on a CPU that has no native bf16 (autocast is emulated there)."""
+    if not any(spec.settings.precision == "bf16" for spec in experiment.cells):
+        return
+    from harness.backbone.devices import cpu_has_native_bf16
+
+    if resolve_device(device) == "cpu" and cpu_has_native_bf16() is False:
+        print("warning: precision bf16 on a CPU without AVX-512 BF16 or AMX (no such flag in /proc/cpuinfo): "
+              "autocast is emulated there, about 10× slower than fp32 (reports/gpu/README.md)", file=sys.stderr)
 
 
 def _write_reports(experiment, results) -> list:

@@ -13,7 +13,9 @@ together name a method, dataset, student and teacher)::
     executor: {kind: slurm, slurm: {partition: gpu, time: 1440}}   # how `run` runs the grid
 
 ``grid`` lists expand to their cartesian product (duplicates collapse), ``exclude``
-removes matching cells. Mappings merge deeply over included files; lists replace.
+removes matching cells. Mappings merge deeply over included files, except ``base.teacher``,
+which a file sets whole (its two forms, ``arch`` and ``robustbench``, exclude each other);
+lists replace.
 Every cell is validated before anything runs; errors are :class:`ConfigError`, one
 line naming the file and the key path.
 """
@@ -54,12 +56,68 @@ class ConfigError(HarnessError):
 
 # --------------------------------------------------------------------------- the schema
 @dataclass(frozen=True)
-class TeacherSpec:
-    """The robust teacher: an architecture and its checkpoint (None = untrained, tests only)."""
+class Normalize:
+    """Per-channel input statistics a checkpoint was trained with: the teacher sees (x − mean) / std."""
 
-    arch: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError("mean: mean and std need one value per channel each")
+        if min(self.std) <= 0:
+            raise ValueError("std: every std must be > 0")
+
+
+@dataclass(frozen=True)
+class ExpectedAccuracy:
+    """Published accuracies (%) of a teacher, which ``harness teacher check`` compares with its own."""
+
+    clean: float | None = param(None, ge=0, le=100)
+    pgd20: float | None = param(None, ge=0, le=100)
+    autoattack: float | None = param(None, ge=0, le=100)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The robust teacher, in one of two forms (docs/architecture.md, "Teachers"):
+
+    - ``arch`` (a harness architecture) with its ``checkpoint`` (None = untrained, tests only) and the
+      input ``normalize`` statistics it was trained with (none: raw [0, 1] images);
+    - ``robustbench``: a RobustBench model-zoo name, loaded through the ``robustbench`` package from
+      ``<model_dir>/<zoo_dataset>/<threat>/<name>.pt`` (the architecture is RobustBench's).
+
+    ``model_dir`` is a path and ``expected`` only informs ``teacher check``: neither enters the run key.
+    """
+
+    arch: str | None = None
     checkpoint: str | None = None
     sha256: str | None = param(None, doc="expected SHA-256 of the checkpoint; enters the run key")
+    normalize: Normalize | None = param(None, key_at_default=False,
+                                        doc="input mean/std of the checkpoint's training (default raw [0, 1])")
+    robustbench: str | None = param(None, key_at_default=False, doc="RobustBench model-zoo name")
+    threat: Literal["Linf", "L2", "corruptions"] = param("Linf", key_at_default=False,
+                                                         doc="RobustBench threat model of the zoo entry")
+    zoo_dataset: str | None = param(None, key_at_default=False,
+                                    doc="RobustBench dataset of the zoo entry (default: the cell's dataset)")
+    model_dir: str = param("teachers", doc="RobustBench model_dir; not part of the run key")
+    expected: ExpectedAccuracy | None = param(None, doc="published accuracies for `teacher check`; "
+                                                        "not part of the run key")
+
+    def __post_init__(self) -> None:
+        if (self.arch is None) == (self.robustbench is None):
+            raise ValueError("arch: give either arch (with checkpoint) or robustbench, not both or neither")
+        if self.robustbench is not None and self.checkpoint is not None:
+            raise ValueError("checkpoint: a robustbench teacher's file is <model_dir>/<dataset>/<threat>/<name>.pt")
+        if self.arch is not None and self.zoo_dataset is not None:
+            raise ValueError("zoo_dataset: only for a robustbench teacher")
+
+    @property
+    def label(self) -> str:
+        """How messages name the teacher: ``robustbench:NAME`` or ``ARCH (CHECKPOINT)``."""
+        if self.robustbench is not None:
+            return f"robustbench:{self.robustbench}"
+        return f"{self.arch} ({self.checkpoint or 'untrained'})"
 
 
 @dataclass(frozen=True)
@@ -177,6 +235,7 @@ class ExecutorSettings:
 
 CELL_KEYS = tuple(f.name for f in fields(CellSettings))
 KEY_EXCLUDED = ("data_root",)
+TEACHER_KEY_EXCLUDED = ("model_dir", "expected")
 
 
 # --------------------------------------------------------------------------- run specs
@@ -200,6 +259,8 @@ class RunSpec:
             settings.pop(key)
         checkpoint = self.settings.teacher.checkpoint
         settings["teacher"]["checkpoint"] = Path(checkpoint).name if checkpoint else None
+        for path_or_note in TEACHER_KEY_EXCLUDED:
+            settings["teacher"].pop(path_or_note)
         return {
             **settings,
             "plugin": self.entry.plugin_name,
@@ -224,7 +285,8 @@ class RunSpec:
         checkpoint = self.settings.teacher.checkpoint
         return {"experiment": self.experiment, "method": self.method, "key": self.key,
                 **self.identity(), "data_root": self.settings.data_root,
-                "teacher_path": str(Path(checkpoint).resolve()) if checkpoint else None}
+                "teacher_path": str(Path(checkpoint).resolve()) if checkpoint else None,
+                "teacher_model_dir": str(Path(self.settings.teacher.model_dir).resolve())}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> RunSpec:
@@ -235,6 +297,8 @@ class RunSpec:
             entry = METHODS.get(data["method"])
             cell = {k: copy.deepcopy(data[k]) for k in CELL_KEYS if k in data}
             cell["teacher"]["checkpoint"] = data.get("teacher_path")
+            if data.get("teacher_model_dir"):
+                cell["teacher"]["model_dir"] = data["teacher_model_dir"]
             settings = build(CellSettings, cell)
             params = build(entry.plugin.Params, data["params"])
         except (KeyError, TypeError, RegistryError, SchemaError) as error:
@@ -257,6 +321,9 @@ class Experiment:
 
 
 # --------------------------------------------------------------------------- loading YAML
+WHOLE_MAPPINGS = {("base", "teacher")}  # set whole by the file that names them, never merged
+
+
 class _Document:
     """The merged content of a file and its includes, remembering which file set each key."""
 
@@ -268,7 +335,7 @@ class _Document:
         target = self.data if into is None else into
         for key, value in other.items():
             path = (*prefix, str(key))
-            if isinstance(value, dict) and isinstance(target.get(key), dict):
+            if isinstance(value, dict) and isinstance(target.get(key), dict) and path not in WHOLE_MAPPINGS:
                 self.origin[path] = source
                 self.merge(value, source, path, target[key])
             else:
@@ -489,20 +556,34 @@ class _Resolver:
             settings = build(CellSettings, data)
         except SchemaError as error:
             self.fail(self._label(error.path, chosen), error.message)
+        teacher = settings.teacher
         for path, lookup in (("method", METHODS.get), ("dataset", get_dataset),
                              ("student", MODELS.get), ("teacher.arch", MODELS.get)):
-            value = settings.teacher.arch if path == "teacher.arch" else getattr(settings, path)
+            value = teacher.arch if path == "teacher.arch" else getattr(settings, path)
+            if value is None:
+                continue  # a RobustBench teacher has no harness architecture
             try:
                 lookup(value)
             except RegistryError as error:
                 self.fail(self._label(path, chosen), str(error))
+        if teacher.normalize is not None and len(teacher.normalize.mean) != get_dataset(settings.dataset).channels:
+            self.fail(self._label("teacher.normalize.mean", chosen),
+                      f"{len(teacher.normalize.mean)} values for the {get_dataset(settings.dataset).channels} "
+                      f"channels of {settings.dataset}")
+        if teacher.robustbench is not None:
+            from harness.zoo import check_entry  # imports robustbench only for such a teacher
+
+            try:
+                check_entry(teacher, get_dataset(settings.dataset))
+            except HarnessError as error:
+                self.fail(self._label("teacher.robustbench", chosen), str(error))
         entry = METHODS.get(settings.method)
         if entry.plugin.needs_train_data and not get_dataset(settings.dataset).has_train:
             self.fail(self._label("method", chosen), f"'{entry.name}' distils with the training set and dataset "
                       f"'{settings.dataset}' has no train split")
         canonical = {"method": entry.name, "dataset": get_dataset(settings.dataset).name,
                      "student": MODELS.canonical(settings.student),
-                     "teacher": replace(settings.teacher, arch=MODELS.canonical(settings.teacher.arch))}
+                     "teacher": teacher if teacher.arch is None else replace(teacher, arch=MODELS.canonical(teacher.arch))}
         settings = replace(settings, **canonical)
         settings = self._resolve_threat(settings, chosen)
         params = self._method_params(entry, settings.dataset, combo)
@@ -569,8 +650,19 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     document = _Document()
     _load_document(path, str(path), document, ())
-    resolver = _Resolver(document, path, str(path))
+    return _resolve(document, path, str(path))
+
+
+def experiment_from_mapping(data: dict[str, Any], shown: str) -> Experiment:
+    """An experiment given as a mapping (e.g. built from command-line options); errors name ``shown``."""
+    document = _Document()
+    document.merge(data, Path(shown))
+    return _resolve(document, Path(shown), shown)
+
+
+def _resolve(document: _Document, path: Path, shown: str) -> Experiment:
+    resolver = _Resolver(document, path, shown)
     cells = resolver.cells()
     if not cells:
-        raise ConfigError(f"{path}: exclude: every cell of the grid is excluded")
+        raise ConfigError(f"{shown}: exclude: every cell of the grid is excluded")
     return Experiment(resolver.name, path, cells, resolver.executor, resolver.report)

@@ -181,12 +181,12 @@ def probe_trainer(spec: RunSpec, folder: Path, generator_steps: int, device: str
     settings = spec.settings
     schedule = replace(settings.schedule, generator_steps=generator_steps,
                        batch_size=batch_size or settings.schedule.batch_size)
-    untrained = replace(settings, schedule=schedule, precision="fp32", compile=False,
-                        teacher=replace(settings.teacher, checkpoint=None, sha256=None))
+    untrained = replace(settings, schedule=schedule, precision="fp32", compile=False)
     train_data = _random_train_data(spec, max(2 * schedule.batch_size, 64)) if spec.entry.plugin.needs_train_data \
         else None
     torch.manual_seed(settings.seed)
-    trainer = Trainer(replace(spec, settings=untrained), folder, device, progress=False, train_data=train_data)
+    trainer = Trainer(replace(spec, settings=untrained), folder, device, progress=False, train_data=train_data,
+                      teacher_weights=False)
     trainer.method.steady_state_for_estimate()
     return trainer
 

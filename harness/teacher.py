@@ -1,5 +1,8 @@
 """Loading a robust teacher for distillation: frozen, with its checkpoint's SHA-256 checked.
 
+A harness architecture is loaded by :mod:`harness.checkpoint` (with the input normalisation of
+``teacher.normalize`` inside the model), a RobustBench zoo entry by :mod:`harness.zoo`.
+
 Training a teacher (PGD-AT, TRADES) lives in :mod:`harness.teacher_training`; its report's
 Markdown in :mod:`harness.report.teacher`.
 """
@@ -8,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+import torch
 
 from harness.checkpoint import load_model
 from harness.config import TeacherSpec
@@ -25,14 +30,41 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_teacher(spec: TeacherSpec, info: DatasetInfo, device: str = "cpu") -> Classifier:
-    """A frozen teacher (eval mode, no parameter gradients) from ``spec``; checks SHA-256 if given."""
-    if spec.checkpoint is not None and spec.sha256 is not None:
-        actual = sha256_of(spec.checkpoint) if Path(spec.checkpoint).is_file() else None
-        if actual is not None and actual != spec.sha256:
-            raise HarnessError(f"{spec.checkpoint}: SHA-256 {actual[:12]}… does not match teacher.sha256 "
-                               f"{spec.sha256[:12]}…")
-    model = load_model(spec.arch, spec.checkpoint, info).to(device)
+def teacher_file(spec: TeacherSpec, info: DatasetInfo) -> Path | None:
+    """The file the teacher's weights come from (None: an untrained teacher)."""
+    if spec.robustbench is not None:
+        from harness.zoo import entry_path  # the optional extra, only for such a teacher
+
+        return entry_path(spec, info)
+    return Path(spec.checkpoint) if spec.checkpoint is not None else None
+
+
+def load_teacher(spec: TeacherSpec, info: DatasetInfo, device: str | torch.device = "cpu", *,
+                 weights: bool = True) -> Classifier:
+    """A frozen teacher (eval mode, no parameter gradients) from ``spec``: a harness architecture
+    with its checkpoint, or a RobustBench zoo entry; checks the file's SHA-256 if given.
+    ``weights=False``: the architecture alone, randomly initialised (cost estimates)."""
+    if not weights:
+        if spec.robustbench is not None:
+            from harness.zoo import build_zoo_architecture
+
+            model = build_zoo_architecture(spec, info)
+        else:
+            model = load_model(spec.arch, None, info)
+        return model.to(device).eval().requires_grad_(False)
+    path = teacher_file(spec, info)
+    if path is not None and spec.sha256 is not None and path.is_file():
+        actual = sha256_of(path)
+        if actual != spec.sha256:
+            raise HarnessError(f"{path}: SHA-256 {actual[:12]}… does not match teacher.sha256 {spec.sha256[:12]}…")
+    if spec.robustbench is not None:
+        from harness.zoo import load_zoo_teacher
+
+        model = load_zoo_teacher(spec, info)
+    else:
+        normalize = {"input_mean": spec.normalize.mean, "input_std": spec.normalize.std} if spec.normalize else {}
+        model = load_model(spec.arch, spec.checkpoint, info, **normalize)
+    model = model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model

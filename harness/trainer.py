@@ -104,7 +104,7 @@ class Trainer:
     """Trains and evaluates the student of one cell in ``run_dir``."""
 
     def __init__(self, spec: RunSpec, run_dir: Path, device: str | torch.device = "cpu", progress: bool = True,
-                 train_data: Dataset | None = None) -> None:
+                 train_data: Dataset | None = None, teacher_weights: bool = True) -> None:
         self.spec, self.run_dir, self.progress = spec, Path(run_dir), progress
         self.device = torch.device(device)
         settings = spec.settings
@@ -115,7 +115,7 @@ class Trainer:
         self.info: DatasetInfo = get_dataset(settings.dataset)
         self.cost = Cost()
         torch.manual_seed(settings.seed)  # an untrained teacher (tests, cost estimates) is seeded too
-        self.teacher = load_teacher(settings.teacher, self.info, self.device)
+        self.teacher = load_teacher(settings.teacher, self.info, self.device, weights=teacher_weights)
         self.cost.watch_teacher(self.teacher)
         torch.manual_seed(settings.seed)
         self.student = create_model(settings.student, in_channels=self.info.channels,

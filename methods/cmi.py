@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.backbone.best_iterate import BestIterate
-from harness.backbone.bn_hooks import BNStatistics
+from harness.backbone.bn_hooks import BNStatistics, batchnorm_layers
 from harness.backbone.devices import randint, randn, randperm
 from harness.backbone.generator import Generator
 from harness.backbone.method import Display, Method, MethodContext, register_method
@@ -167,14 +167,14 @@ def local_view(x: torch.Tensor, hflip: bool, scale: tuple[float, float] = LOCAL_
 
 # --------------------------------------------------------------------------- pieces
 class ChannelMeans:
-    """CMI's features: per-sample channel means of the inputs of every BatchNorm2d of ``model``.
+    """CMI's features: per-sample channel means of the inputs of every BatchNorm2d ``model`` runs.
 
     Hooks record only inside ``with means.record():``; ``features()`` concatenates the layers
     in module order (N×D, D = Σ channels), keeping the graph to the input.
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.layers = batchnorm_layers(model)
         if not self.layers:
             raise ValueError("the model has no BatchNorm2d layer")
         self.dim = sum(layer.num_features for layer in self.layers)

@@ -1,6 +1,6 @@
 """DeepInversion's BatchNorm-statistics loss through forward hooks (docs/methods.md).
 
-For every BatchNorm2d of the teacher a hook records the batch mean μ_l(x) and biased
+For every BatchNorm2d the teacher runs (:func:`batchnorm_layers`) a hook records the batch mean μ_l(x) and biased
 variance σ²_l(x) of its input over (N, H, W); the loss is
 Σ_l ‖μ_l(x) − running_mean_l‖₂ + ‖σ²_l(x) − running_var_l‖₂ (L2 norms, not squared).
 With ``momentum`` m (Fast), the batch statistics are first blended with those of earlier
@@ -22,10 +22,19 @@ import torch
 from torch import nn
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """The BatchNorm2d layers a forward pass of ``model`` runs: the classifier's own list
+    (``bn_layers()``, which leaves out modules a wrapped zoo model holds but never calls), else every
+    BatchNorm2d in module order."""
+    if callable(getattr(model, "bn_layers", None)):
+        return list(model.bn_layers())
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
 class BNStatistics:
     def __init__(self, model: nn.Module, momentum: float | None = None) -> None:
         self.momentum = momentum
-        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.layers = batchnorm_layers(model)
         if not self.layers:
             raise ValueError("the model has no BatchNorm2d layer")
         self.terms: list[torch.Tensor] = []

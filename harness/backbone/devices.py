@@ -108,6 +108,20 @@ def autocast(device: DeviceLike, precision: Precision) -> contextlib.AbstractCon
     return torch.autocast(kind, dtype=torch.bfloat16, cache_enabled=False)
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU computes bf16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag of Linux's
+    /proc/cpuinfo); without it, bf16 autocast on the CPU is emulated and slower than fp32. None
+    where the flags cannot be read."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as stream:
+                cpuinfo = stream.read()
+        except OSError:
+            return None
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def full_precision(device: DeviceLike) -> contextlib.AbstractContextManager:
     """Autocast switched off on ``device`` (evaluation is always fp32)."""
     kind = torch.device(device).type

@@ -61,6 +61,15 @@ class Classifier(nn.Module):
             x = (x - self.input_mean) / self.input_std
         return x.contiguous(memory_format=torch.channels_last)
 
+    @property
+    def label(self) -> str:
+        """How error messages name the model."""
+        return type(self).__name__
+
+    def _stage(self, name: str) -> nn.Module:
+        """The module of stage ``name``."""
+        return getattr(self, name)
+
     def tail(self, z: torch.Tensor) -> torch.Tensor:
         """Pooling and classifier after the last stage."""
         raise NotImplementedError
@@ -68,7 +77,7 @@ class Classifier(nn.Module):
     def _check_layer(self, layer: str) -> int:
         if layer not in self.feature_layers:
             raise HarnessError(
-                f"{type(self).__name__} has no feature layer '{layer}' "
+                f"{self.label} has no feature layer '{layer}' "
                 f"(choose from {', '.join(self.feature_layers)})"
             )
         return self.stages.index(layer)
@@ -78,14 +87,14 @@ class Classifier(nn.Module):
         last = self._check_layer(layer)
         x = self._prepare(x)
         for name in self.stages[: last + 1]:
-            x = getattr(self, name)(x)
+            x = self._stage(name)(x)
         return x
 
     def head(self, z: torch.Tensor, layer: str) -> torch.Tensor:
         """Logits from the output ``z`` of stage ``layer``."""
         first = self._check_layer(layer) + 1
         for name in self.stages[first:]:
-            z = getattr(self, name)(z)
+            z = self._stage(name)(z)
         return self.tail(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +106,7 @@ class Classifier(nn.Module):
         x = self._prepare(x)
         blocks = []
         for name in self.stages:
-            x = getattr(self, name)(x)
+            x = self._stage(name)(x)
             if name in self.block_layers:
                 blocks.append(x)
         return self.tail(x), blocks
