@@ -311,10 +311,7 @@ def run(args: argparse.Namespace) -> int:
             action = "run" if selected(state, args.mode) else "skip"
             print(f"{state:<12} {action:<5} {spec.relative_dir()}")
         return 0
-    checkpoints = {spec.settings.teacher.checkpoint for spec in experiment.cells} - {None}
-    for checkpoint in sorted(checkpoints):
-        if not Path(checkpoint).is_file():
-            raise HarnessError(f"{args.file}: teacher.checkpoint: file not found: {checkpoint}")
+    _check_teacher_files(experiment, args.file)
     executor = _executor(args, experiment, results)
     _warn_emulated_bf16(experiment, args.device)
     check_results_folder(results)
@@ -335,6 +332,22 @@ def run(args: argparse.Namespace) -> int:
             for path in _write_reports(experiment, results):
                 print(f"wrote {path}")
     return 1 if outcome["failed"] or outcome["interrupted"] else 0
+
+
+def _check_teacher_files(experiment, shown: str) -> None:
+    """Every teacher file of the grid exists (before anything is written)."""
+    from harness.data import get_dataset
+    from harness.teacher import teacher_file
+
+    for spec in experiment.cells:
+        teacher = spec.settings.teacher
+        path = teacher_file(teacher, get_dataset(spec.settings.dataset))
+        if path is None or path.is_file():
+            continue
+        if teacher.robustbench is not None:
+            raise HarnessError(f"{shown}: teacher.robustbench: file not found: {path} (place it there, or let "
+                               f"`python -m harness teacher check {shown}` download it)")
+        raise HarnessError(f"{shown}: teacher.checkpoint: file not found: {path}")
 
 
 def _warn_emulated_bf16(experiment, device: str) -> None:

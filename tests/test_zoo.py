@@ -279,3 +279,15 @@ def test_teacher_check_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err == "error: teacher check: --teacher needs --dataset\n"
     assert cli.main(["teacher", "check"]) == 2
     assert "one of them" in capsys.readouterr().err
+
+
+def test_run_refuses_a_grid_whose_zoo_file_is_missing_before_writing_anything(zoo, tmp_path, capsys):
+    model_dir, _ = zoo
+    _zoo_experiment(tmp_path, model_dir, "noise")
+    (model_dir / "cifar10" / "Linf" / f"{TINY}.pt").unlink()
+    exp, results = tmp_path / "exp.yaml", tmp_path / "results"
+    assert cli.main(["run", str(exp), "--results", str(results), "--quiet", "--device", "cpu"]) == 2
+    path = model_dir / "cifar10" / "Linf" / f"{TINY}.pt"
+    assert capsys.readouterr().err == (f"error: {exp}: teacher.robustbench: file not found: {path} (place it "
+                                       f"there, or let `python -m harness teacher check {exp}` download it)\n")
+    assert not results.exists()
