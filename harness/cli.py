@@ -215,7 +215,7 @@ def teacher(args: argparse.Namespace) -> int:
 def _teacher_check(args: argparse.Namespace) -> int:
     import yaml
 
-    from harness.config import experiment_from_mapping, load_experiment
+    from harness.config import experiment_from_mapping, load_experiment, parse_yaml
     from harness.teacher_check import check_teacher, distinct_teachers
 
     if (args.config is None) == (args.teacher is None):
@@ -226,7 +226,7 @@ def _teacher_check(args: argparse.Namespace) -> int:
         if args.dataset is None:
             raise HarnessError("teacher check: --teacher needs --dataset")
         try:
-            spec = yaml.safe_load(args.teacher)
+            spec = parse_yaml(args.teacher)
         except yaml.YAMLError as error:
             raise HarnessError(f"--teacher: not YAML ({' '.join(str(error).split())[:120]})") from None
         base = {"method": "noise", "student": "resnet8", "dataset": args.dataset, "teacher": spec,

@@ -360,6 +360,36 @@ class _Document:
         return default
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r} (first at line {first_line})")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a repeated key, where PyYAML keeps the last
+    silently (a typo'd copy of a block would override the real one). Merge keys (``<<``) may still
+    be overridden: that is what they are for."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, seen[key])
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` parsed safely, refusing repeated mapping keys (:class:`StrictLoader`)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def read_yaml_mapping(path: Path, shown: str, allowed_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The YAML mapping in ``path`` (``{}`` for an empty file); one-line :class:`ConfigError` naming
     ``shown`` (and the line and column of a syntax error); with ``allowed_keys``, also for any
@@ -371,7 +401,9 @@ def read_yaml_mapping(path: Path, shown: str, allowed_keys: tuple[str, ...] | No
     except OSError as error:
         raise ConfigError(f"{shown}: cannot read ({error.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
+    except _DuplicateKey as error:
+        raise ConfigError(f"{shown}: {error}") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

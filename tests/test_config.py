@@ -73,10 +73,10 @@ grid:
 
 
 def test_numbers_written_as_text_and_fractions(tmp_path):
-    (cell,) = load(tmp_path, BASE + """
+    base = BASE.replace("batch_size: 8}", "batch_size: 8, weight_decay: 5e-4}")
+    (cell,) = load(tmp_path, base + """
   method: toy
   threat: {epsilon: 8/255, step_size: "2/255"}
-  schedule: {epochs: 2, warmup_epochs: 0, weight_decay: 5e-4}
 """).cells
     assert cell.settings.threat.epsilon == pytest.approx(8 / 255)
     assert cell.settings.schedule.weight_decay == pytest.approx(5e-4)
@@ -228,3 +228,22 @@ def test_switches_added_later_enter_the_key_only_when_set(tmp_path):
     code = load(tmp_path, ferd + "methods: {ferd: {mask_variance: clean}}\n", "c.yaml").cells[0]
     assert "mask_variance" not in plain.identity()["params"]
     assert plain.key == explicit.key != code.key
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base:\n  seed: 0\n  schedule: {epochs: 3}\n  seed: 1\n", "line 4: duplicate key 'seed' (first at line 2)"),
+    ("grid: {seed: [0]}\nbase: {}\ngrid: {seed: [1]}\n", "line 3: duplicate key 'grid' (first at line 1)"),
+    ("base:\n  schedule: {epochs: 3, warmup_epochs: 0, epochs: 4}\n",
+     "line 2: duplicate key 'epochs' (first at line 2)"),
+])
+def test_a_repeated_mapping_key_is_refused_with_its_line(tmp_path, text, message):
+    (tmp_path / "exp.yaml").write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(tmp_path / "exp.yaml")
+    assert str(caught.value) == f"{tmp_path / 'exp.yaml'}: {message}"
+
+
+def test_merge_keys_may_still_be_overridden():
+    from harness.config import parse_yaml
+
+    assert parse_yaml("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n") == {"a": {"p": 1, "q": 2}, "b": {"p": 3, "q": 2}}
