@@ -125,11 +125,11 @@ def check_teacher(teacher: TeacherUnderTest, *, n: int = 1000, device: str = "cp
     """Load the teacher (letting RobustBench download a missing zoo file when ``download``), hash its
     file, and measure clean and PGD-20 accuracy on ``n`` stratified test images."""
     spec, info = teacher.spec, teacher.info
-    if spec.robustbench is not None and download:
+    path = teacher_file(spec, info)
+    if spec.robustbench is not None and download and not path.is_file():
         from harness.zoo import load_zoo_teacher
 
-        load_zoo_teacher(spec, info, download=True)  # fetches the file once if it is missing
-    path = teacher_file(spec, info)
+        load_zoo_teacher(spec, info, download=True)  # lets RobustBench fetch the missing file once
     torch.manual_seed(seed)  # an untrained teacher is the same on every call
     model = load_teacher(spec, info, device)
     sha256 = sha256_of(path) if path is not None else None
