@@ -433,6 +433,9 @@ def _table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("md", "tex", "csv"), help="default: from --out's suffix, else md")
     parser.add_argument("--out", help="write to this file instead of standard output")
     parser.add_argument("--cost", action="store_true", help="add wall time and teacher queries per row")
+    parser.add_argument("--vs", metavar="ROW",
+                        help="mark each row's cells ▲/▼ where its difference from ROW (a row of the same student, "
+                             "e.g. cmi) is established at 95%% (see `compare`)")
     parser.add_argument("--results", default="results", help="the run store (default: ./results)")
 
 
@@ -447,7 +450,55 @@ def table(args: argparse.Namespace) -> int:
         raise HarnessError(f"--out: cannot tell the format from '{args.out}'; give --format md|tex|csv")
     store = open_store(_experiment_source(args), args.results)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
-    text = render(build_table(store, args.layout, args.metric, attacks, args.cost), fmt)
+    text = render(build_table(store, args.layout, args.metric, attacks, args.cost, args.vs), fmt)
+    if args.out:
+        atomic_write_bytes(Path(args.out), text.encode())
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    from harness.report.names import METRICS
+
+    parser.add_argument("experiment", help="experiment YAML file or name in the store")
+    parser.add_argument("a", help="row A: a method (when it has one row) or a row label such as 'ferd (gamma=0.3)'")
+    parser.add_argument("b", help="row B, the same way")
+    parser.add_argument("--attacks", help="comma-separated subset of clean,fgsm,pgd20,cw,aa (default: all evaluated)")
+    parser.add_argument("--metrics", default="avg,worst,nsd",
+                        help=f"comma-separated subset of {','.join(METRICS)} (default: avg,worst,nsd)")
+    parser.add_argument("--samples", type=_positive_int, default=4000, help="bootstrap replicates (default 4000)")
+    parser.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--format", choices=("md", "csv"), help="default: from --out's suffix, else md")
+    parser.add_argument("--out", help="write to this file instead of standard output")
+    parser.add_argument("--results", default="results", help="the run store (default: ./results)")
+
+
+@command("compare", "paired differences A − B over seeds with bootstrap intervals (seeds and test images)",
+         _compare_arguments)
+def compare(args: argparse.Namespace) -> int:
+    from harness.report.collect import open_store
+    from harness.report.compare import compare_rows, render_comparisons
+    from harness.report.names import ATTACKS, METRICS
+    from harness.store import atomic_write_bytes
+
+    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
+    if fmt not in ("md", "csv"):
+        raise HarnessError(f"--out: cannot tell the format from '{args.out}'; give --format md|csv")
+    if not 0 < args.level < 1:
+        raise HarnessError(f"--level: {args.level} is not between 0 and 1")
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
+    for flag, names, known in (("--metrics", metrics, METRICS), ("--attacks", attacks or [], ATTACKS)):
+        unknown = [n for n in names if n not in known]
+        if unknown or (flag == "--metrics" and not names):
+            raise HarnessError(f"{flag}: unknown '{(unknown or [''])[0]}' (choose from {', '.join(known)})")
+    store = open_store(args.experiment, args.results)
+    comparisons = compare_rows(store, args.a, args.b, attacks=attacks, metrics=metrics, samples=args.samples,
+                               level=args.level, seed=args.seed)
+    text = render_comparisons(comparisons, fmt)
     if args.out:
         atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {args.out}")

@@ -28,6 +28,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report.collect import Run, Store, value_text
+from harness.report.compare import Difference, difference
 from harness.report import methods as method_facts
 from harness.report.names import ATTACK_TITLES, ATTACKS, METRIC_TITLES, METRICS
 LOWER_IS_BETTER = frozenset({"nsd"})
@@ -90,6 +91,7 @@ class Cell:
     n: int = 0
     rank: int = 0  # 1 best, 2 second, 0 neither
     change: float | None = None  # Table 8: this row minus its reference row
+    versus: Difference | None = None  # ``--vs ROW``: this row minus ROW, with its interval
 
 
 @dataclass
@@ -124,6 +126,7 @@ class Table:
     attack_titles: dict[str, str]
     show_n: bool
     cost: pd.DataFrame | None = None  # per row: minutes, teacher queries
+    versus: str | None = None  # the row every other row of its block is compared with (``--vs``)
 
 
 def _row_labels(store: Store, layout: str, run: Run, axes: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -186,6 +189,33 @@ def _fill_cells(rows: list[Row], scores: pd.DataFrame, columns: list[tuple[str, 
                 cell.change = cell.mean - base if not (math.isnan(cell.mean) or math.isnan(base)) else None
 
 
+def _row_name(row: Row) -> str:
+    return " / ".join(row.labels[len(row.block):])
+
+
+def _compare_with(rows: list[Row], name: str, columns: list[tuple[str, str]], store_name: str) -> None:
+    """``--vs``: each row's difference from the row called ``name`` in its block, with its interval."""
+    found = False
+    for block in dict.fromkeys(row.block for row in rows):
+        members = [row for row in rows if row.block == block]
+        matches = [row for row in members if name in (_row_name(row), row.labels[len(block)])]
+        if len(matches) > 1:
+            raise HarnessError(f"--vs: '{name}' names {len(matches)} rows of {' / '.join(block)}; name one of: "
+                               f"{'; '.join(_row_name(row) for row in matches)}")
+        if not matches:
+            continue
+        found, reference = True, matches[0]
+        for row in members:
+            if row is reference:
+                continue
+            for attack, metric in columns:
+                row.cells[(attack, metric)].versus = difference(
+                    [r for r in row.runs if r.done], [r for r in reference.runs if r.done], attack, metric)
+    if not found:
+        names = list(dict.fromkeys(_row_name(row) for row in rows))
+        raise HarnessError(f"--vs: {store_name} has no row '{name}'; rows: {'; '.join(names)}")
+
+
 def _decimals(metric: str) -> int:
     return 3 if metric == "nsd" else 2
 
@@ -244,8 +274,9 @@ def _cost(rows: list[Row]) -> pd.DataFrame:
 
 
 def build_table(store: Store, layout: str | None = None, metric: str | None = None,
-                attacks: list[str] | None = None, cost: bool = False) -> Table:
-    """The table of ``layout`` (default: :func:`choose_layout`) for the runs of ``store``."""
+                attacks: list[str] | None = None, cost: bool = False, versus: str | None = None) -> Table:
+    """The table of ``layout`` (default: :func:`choose_layout`) for the runs of ``store``; with
+    ``versus``, every row marked where its difference from that row is established (harness.report.compare)."""
     layout = layout or choose_layout(store)
     known = layouts()
     if layout not in known:
@@ -264,6 +295,8 @@ def build_table(store: Store, layout: str | None = None, metric: str | None = No
                for m in _metrics_for(metric, scores, layout)]
     _fill_cells(rows, scores, columns)
     _rank(rows, columns)
+    if versus is not None:
+        _compare_with(rows, versus, columns, store.name)
     titles = dict(ATTACK_TITLES)
     if (scores.loc[scores["attack"] == "aa", "aa_version"] == "fast").any():
         titles["aa"] = "AA (fast)"
@@ -272,14 +305,15 @@ def build_table(store: Store, layout: str | None = None, metric: str | None = No
     index += ["Distillation"] if layout == "dfkd-vs-dfrd" else [method_facts.param_symbol(a) for a in axes]
     return Table(layout, f"{store.name}: {known[layout]}", index, columns, rows, titles,
                  show_n=any(len(row.runs) > 1 or not row.complete for row in rows),
-                 cost=_cost(rows) if cost else None)
+                 cost=_cost(rows) if cost else None, versus=versus)
 
 
 # --------------------------------------------------------------------------- rendering
 TEX_SYMBOLS = {"±": r"$\pm$", "∞": r"$_\infty$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "†": r"$^\dagger$",
                "‡": r"$^\ddagger$", "γ": r"$\gamma$", "λ₁": r"$\lambda_1$", "λ₂": r"$\lambda_2$",
                "λ_adv": r"$\lambda_{adv}$", "λ_bn": r"$\lambda_{bn}$", "λ_oh": r"$\lambda_{oh}$",
-               "λ_uni": r"$\lambda_{uni}$", "—": "--"}
+               "λ_uni": r"$\lambda_{uni}$", "—": "--", "▲": r"$^{\blacktriangle}$",
+               "▼": r"$^{\blacktriangledown}$"}
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -303,6 +337,8 @@ def _cell_text(cell: Cell, metric: str, row: Row) -> str:
         text += f" ({cell.change:+.{places}f})"
     if cell.n < row.done:
         text += " ‡"
+    if cell.versus is not None and cell.versus.established:
+        text += " ▲" if cell.versus.sign > 0 else " ▼"
     return text
 
 
@@ -347,6 +383,9 @@ def _footnotes(table: Table) -> list[str]:
                      "or NSD undefined (every class at 0 %)")
     if any(row.done > 1 for row in table.rows):
         notes.append("mean ± sample std over seeds; n = finished runs")
+    if table.versus is not None:
+        notes.append(f"▲ / ▼ above / below {table.versus} of the same student, established at 95 % (paired "
+                     "bootstrap over seeds and the test images of each class; `harness compare` gives the intervals)")
     return notes
 
 
@@ -366,7 +405,7 @@ def _latex(table: Table) -> str:
     spec = "l" * groups + "c" * (len(frame.columns) - groups)
     body = frame.to_latex(index=False, escape=False, multicolumn=True, multicolumn_format="c", column_format=spec)
     notes = "".join(f"\\par\\footnotesize {_tex(note)}\n" for note in _footnotes(table))
-    return ("% needs \\usepackage{booktabs,graphicx}\n\\begin{table}[t]\n\\centering\n"
+    return ("% needs \\usepackage{amssymb,booktabs,graphicx}\n\\begin{table}[t]\n\\centering\n"
             f"\\caption{{{_tex(table.title)}}}\n\\resizebox{{\\linewidth}}{{!}}{{%\n{body}}}\n{notes}\\end{{table}}\n")
 
 
@@ -378,8 +417,12 @@ def _csv(table: Table) -> str:
         if table.cost is not None:
             base |= table.cost.iloc[position].to_dict()
         for (attack, metric), cell in row.cells.items():
+            versus = {} if table.versus is None else {
+                "vs_difference": cell.versus.estimate if cell.versus else None,
+                "vs_low": cell.versus.low if cell.versus else None,
+                "vs_high": cell.versus.high if cell.versus else None}
             records.append(base | {"attack": attack, "metric": metric, "mean": cell.mean, "std": cell.std,
-                                   "n": cell.n, "rank": cell.rank, "change": cell.change})
+                                   "n": cell.n, "rank": cell.rank, "change": cell.change} | versus)
     return pd.DataFrame(records).to_csv(index=False, float_format="%.6g")
 
 
