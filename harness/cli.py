@@ -62,8 +62,10 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
 @command("validate", "parse, expand and validate an experiment file; print its number of cells", _validate_arguments)
 def validate(args: argparse.Namespace) -> int:
     from harness.config import load_experiment
+    from harness.teacher import verify_teachers
 
     experiment = load_experiment(args.file)
+    verify_teachers(experiment.cells, args.file)
     if args.verbose:
         for spec in experiment.cells:
             print(spec.relative_dir())
@@ -302,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.config import load_experiment
     from harness.runner import check_results_folder, run_experiment, selected
     from harness.store import cell_state
+    from harness.teacher import verify_teachers
 
     experiment = load_experiment(args.file)
     results = Path(args.results)
@@ -311,10 +314,11 @@ def run(args: argparse.Namespace) -> int:
             action = "run" if selected(state, args.mode) else "skip"
             print(f"{state:<12} {action:<5} {spec.relative_dir()}")
         return 0
-    _check_teacher_files(experiment, args.file)
+    verify_teachers(experiment.cells, args.file)
     executor = _executor(args, experiment, results)
     _warn_emulated_bf16(experiment, args.device)
     check_results_folder(results)
+    print(_launch_summary(experiment, results, args.mode, args.file))
     outcome = run_experiment(experiment, results, executor, mode=args.mode, progress=not args.quiet)
     parts = [f"{outcome[k]} {k}" for k in ("done", "failed", "interrupted", "submitted") if outcome[k]]
     if outcome["busy"] or outcome["running"]:
@@ -334,20 +338,18 @@ def run(args: argparse.Namespace) -> int:
     return 1 if outcome["failed"] or outcome["interrupted"] else 0
 
 
-def _check_teacher_files(experiment, shown: str) -> None:
-    """Every teacher file of the grid exists (before anything is written)."""
-    from harness.data import get_dataset
-    from harness.teacher import teacher_file
+def _launch_summary(experiment, results: Path, mode: str, shown: str) -> str:
+    """What ``run`` is about to do: the cells it will run and their student and generator steps."""
+    from harness.runner import selected
+    from harness.store import cell_state
 
-    for spec in experiment.cells:
-        teacher = spec.settings.teacher
-        path = teacher_file(teacher, get_dataset(spec.settings.dataset))
-        if path is None or path.is_file():
-            continue
-        if teacher.robustbench is not None:
-            raise HarnessError(f"{shown}: teacher.robustbench: file not found: {path} (place it there, or let "
-                               f"`python -m harness teacher check {shown}` download it)")
-        raise HarnessError(f"{shown}: teacher.checkpoint: file not found: {path}")
+    chosen = [spec for spec in experiment.cells if selected(cell_state(results / spec.relative_dir()), mode)]
+    student = sum((s.settings.schedule.epochs - s.settings.schedule.warmup_epochs) * s.settings.schedule.student_steps
+                  for s in chosen)
+    generator = sum(s.settings.schedule.epochs * s.settings.schedule.generator_steps
+                    for s in chosen if s.entry.plugin.synthesizes)
+    return (f"{experiment.name}: {len(chosen)} of {len(experiment.cells)} cells to run: {student:,} student steps "
+            f"and {generator:,} generator steps in all (FLOPs and GPU-hours: python -m harness cost {shown})")
 
 
 def _warn_emulated_bf16(experiment, device: str) -> None:

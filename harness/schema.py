@@ -108,6 +108,9 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
         (item_hint, *rest) = typing.get_args(hint) or (Any,)
         return tuple(coerce(item, item_hint, f"{path}[{i}]") for i, item in enumerate(value))
     if dataclasses.is_dataclass(hint):
+        if value is None:  # `schedule: null` would silently mean every default (220 epochs)
+            raise SchemaError(path, f"is null: leave the key out for its defaults ({_defaults_text(hint)}) "
+                                    "or give a mapping")
         return build(hint, value, path)
     if hint is bool:
         if not isinstance(value, bool):
@@ -146,6 +149,11 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], path: str) -> None:
         ):
             if op in meta and not test(number, meta[op]):
                 raise SchemaError(path, f"must be {word} {meta[op]}, got {number!r}")
+
+
+def _defaults_text(cls: type, shown: int = 4) -> str:
+    defaults = [f"{f.name} {f.default}" for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
+    return ", ".join(defaults[:shown]) + (", …" if len(defaults) > shown else "")
 
 
 def field_names(cls: type) -> list[str]:

@@ -68,3 +68,34 @@ def load_teacher(spec: TeacherSpec, info: DatasetInfo, device: str | torch.devic
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def verify_teachers(cells: list, shown: str) -> None:
+    """Every distinct teacher of a grid, checked once before any work: its file exists, matches
+    ``teacher.sha256`` when given, loads with ``weights_only=True`` and fits its architecture (the
+    strict state-dict match of :func:`load_teacher`). Raises one :class:`HarnessError` with a line
+    per problem, each naming ``shown`` and the teacher key."""
+    from harness.data import get_dataset
+
+    problems, seen = [], set()
+    for spec in cells:
+        teacher, dataset = spec.settings.teacher, spec.settings.dataset
+        if repr((teacher, dataset)) in seen:
+            continue
+        seen.add(repr((teacher, dataset)))
+        info = get_dataset(dataset)
+        key = "teacher.robustbench" if teacher.robustbench is not None else "teacher.checkpoint"
+        try:
+            path = teacher_file(teacher, info)
+            if path is None:
+                continue  # an untrained teacher (tests): nothing to load
+            if not path.is_file():
+                hint = (f" (place it there, or let `python -m harness teacher check {shown}` download it)"
+                        if teacher.robustbench is not None else "")
+                raise HarnessError(f"file not found: {path}{hint}")
+            load_teacher(teacher, info, "cpu")
+        except HarnessError as error:
+            problems.append(f"{shown}: {key}: {error}")
+    if problems:
+        raise HarnessError("\n".join(dict.fromkeys(problems)))
+

@@ -123,6 +123,7 @@ class FairARD(Method):
     Params = Params
     version = "1"
     needs_train_data = True
+    synthesizes = False
 
     def __init__(self, params: Params, context: MethodContext) -> None:
         super().__init__(params, context)

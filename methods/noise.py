@@ -16,6 +16,7 @@ from harness.backbone.method import Display, Method, register_method
 class NoiseControl(Method):
     display = Display(color="#9e9e9e", order=0)
     version = "1"
+    synthesizes = False
 
     def synthesize(self, epoch: int) -> dict[str, float]:
         return {}

@@ -94,6 +94,8 @@ BAD = {
     "negative-epsilon": (VALID + "  threat.epsilon: [-0.1]\n", "grid.threat.epsilon[0]: must be > 0, got -0.1"),
     "zero-epochs": (VALID.replace("epochs: 2", "epochs: 0"), "base.schedule.epochs: must be >= 1, got 0"),
     "yaml-syntax": (VALID.replace("{arch: cnn5}", "{arch: cnn5"), "YAML syntax error"),
+    "null-schedule": (VALID.replace("{epochs: 2, warmup_epochs: 0}", "null"),
+                      "base.schedule: is null: leave the key out for its defaults (epochs 220, warmup_epochs 20"),
 }
 
 
@@ -130,3 +132,50 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in block[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert block[1] in ci
+
+
+def test_teachers_are_checked_once_at_validate_and_run_with_nothing_written(tmp_path):
+    import torch
+
+    from harness.models import create_model
+
+    torch.save(create_model("resnet8", in_channels=3, num_classes=10, image_size=16).state_dict(),
+               tmp_path / "resnet8.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    torch.save(create_model("cnn5", in_channels=3, num_classes=10, image_size=16).state_dict(), tmp_path / "cnn5.pt")
+    cases = {
+        "missing.pt": "teacher.checkpoint: file not found: missing.pt",
+        "notes.pt": "teacher.checkpoint: notes.pt: not a loadable PyTorch checkpoint",
+        "resnet8.pt": "teacher.checkpoint: resnet8.pt: does not fit architecture 'cnn5'",
+        "cnn5.pt, sha256: '0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef'":
+            "teacher.checkpoint: cnn5.pt: SHA-256",
+    }
+    for checkpoint, expected in cases.items():
+        (tmp_path / "exp.yaml").write_text(VALID.replace("{arch: cnn5}", f"{{arch: cnn5, checkpoint: {checkpoint}}}"))
+        before = sorted(tmp_path.rglob("*"))
+        for command in ("validate", "run"):
+            result = harness(command, "exp.yaml", cwd=tmp_path)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+            assert lines[0].startswith(f"error: exp.yaml: {expected}"), lines[0]
+            assert sorted(tmp_path.rglob("*")) == before  # nothing written
+    # one line per problem, each teacher checked once however many cells use it
+    (tmp_path / "exp.yaml").write_text(VALID.replace("  teacher: {arch: cnn5}\n", "") +
+                                       "  teacher: [{arch: cnn5, checkpoint: missing.pt}, {arch: cnn5, checkpoint: notes.pt}]\n")
+    result = harness("validate", "exp.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 2, result.stderr
+    (tmp_path / "exp.yaml").write_text(VALID.replace("{arch: cnn5}", "{arch: cnn5, checkpoint: cnn5.pt}"))
+    assert harness("validate", "exp.yaml", cwd=tmp_path).returncode == 0
+
+
+def test_run_says_how_many_cells_and_steps_it_launches(tmp_path):
+    from harness.cli import _launch_summary
+    from harness.config import load_experiment
+
+    (tmp_path / "exp.yaml").write_text(VALID.replace("{epochs: 2, warmup_epochs: 0}",
+                                                     "{epochs: 3, warmup_epochs: 1, student_steps: 7, generator_steps: 5}"))
+    experiment = load_experiment(tmp_path / "exp.yaml")
+    text = _launch_summary(experiment, tmp_path / "results", "cached", "exp.yaml")
+    # 6 cells × (3 − 1 warm-up) epochs × 7 student steps; 6 × 3 epochs × 5 generator steps
+    assert text == ("exp: 6 of 6 cells to run: 84 student steps and 90 generator steps in all "
+                    "(FLOPs and GPU-hours: python -m harness cost exp.yaml)")

@@ -103,6 +103,7 @@ class Method:
     version: ClassVar[str] = "1"
     Params: ClassVar[type] = NoParams
     needs_train_data: ClassVar[bool] = False  # data-based references (Fair-ARD): ``ctx.train_data`` is set
+    synthesizes: ClassVar[bool] = True  # runs T_g generator/image steps per epoch (not the noise control, not data-based)
     # schedule keys the method's reference runs with (e.g. DFHL's weight decay), used where a file leaves them unset
     schedule_defaults: ClassVar[Mapping[str, Any]] = {}
     display: ClassVar[Display] = Display()  # how reports show it
