@@ -401,11 +401,13 @@ def status(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.file)
     table = grid_status(experiment, Path(args.results))
-    print(table.drop(columns="error").to_string(index=False))
+    print(table.drop(columns=["error", "damage"]).to_string(index=False))
     counts = table["state"].value_counts()
     print(f"{experiment.name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
     for _, row in table[table["state"] == "failed"].iterrows():
         print(f"failed: {row['run']}: {row['error']}")
+    for _, row in table[table["damage"] != ""].iterrows():
+        print(f"damaged: {row['run']}: {row['damage']} (run resumes or restarts it, saying which)")
     return 0
 
 

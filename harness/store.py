@@ -9,6 +9,7 @@ import os
 import socket
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -192,22 +193,79 @@ class RunLock(FileLock):
         super().__init__(Path(run_dir) / LOCK)
 
 
+CHECKPOINT_FILE = "checkpoints/last.pt"
+
+
+def _json_problem(path: Path, key: str | None) -> str | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"unreadable ({type(error).__name__})"
+    if not isinstance(data, dict):
+        return "unreadable (not a JSON object)"
+    if path.name == "metrics.json":
+        if not isinstance(data.get("attacks"), dict):
+            return "incomplete (no attacks)"
+        if key is not None and data.get("key") not in (None, key):
+            return f"from another run (key {data.get('key')}, the cell's is {key})"
+    return None
+
+
+def run_damage(run_dir: str | Path) -> dict[str, str]:
+    """What is unreadable in a run folder, file by file: ``status.json`` or ``metrics.json`` that do
+    not parse (or metrics of another run key), a ``history.jsonl`` line that does not parse, a
+    checkpoint that is not a complete archive (truncated). Files that are absent are not damage."""
+    run_dir = Path(run_dir)
+    damage: dict[str, str] = {}
+    try:
+        key = json.loads((run_dir / "config.json").read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        key = None
+    for name in (STATUS, "metrics.json"):
+        if (run_dir / name).exists() and (problem := _json_problem(run_dir / name, key)):
+            damage[name] = problem
+    try:
+        for number, line in enumerate((run_dir / "history.jsonl").read_text().splitlines(), 1):
+            if line.strip():
+                json.loads(line)
+    except FileNotFoundError:
+        pass
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        damage["history.jsonl"] = f"line {number} unreadable"
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.exists() and not zipfile.is_zipfile(checkpoint):
+        damage[CHECKPOINT_FILE] = "truncated (not a complete archive)"
+    return damage
+
+
+def result_intact(run_dir: str | Path, damage: dict[str, str] | None = None) -> bool:
+    """A finished result: ``metrics.json`` of this run key and its history readable, with ``status.json``
+    saying done — or unreadable, which the runner then rewrites (the result itself is whole)."""
+    run_dir = Path(run_dir)
+    damage = run_damage(run_dir) if damage is None else damage
+    if not (run_dir / "metrics.json").exists() or damage.keys() & {"metrics.json", "history.jsonl"}:
+        return False
+    return STATUS in damage or read_status(run_dir).get("state") == "done"
+
+
 def cell_state(run_dir: str | Path) -> str:
     """done, failed, running (locked by a live worker, or another host's fresh heartbeat),
-    interrupted (started, not finished, nobody on it) or pending."""
+    interrupted (started, not finished, nobody on it — or a damaged folder: :func:`run_damage`)
+    or pending."""
     run_dir = Path(run_dir)
+    damage = run_damage(run_dir)
+    if result_intact(run_dir, damage):
+        return "done"
     status = read_status(run_dir)
     state = status.get("state")
-    if state == "done" and (run_dir / "metrics.json").exists():
-        return "done"
     if state == "failed":
         return "failed"
-    if state == "running":
+    if state == "running" or STATUS in damage:
         if RunLock(run_dir).held_elsewhere():
             return "running"
         elsewhere = status.get("host") not in (None, socket.gethostname())
         if elsewhere and time.time() - status.get("heartbeat", 0) < STALE_AFTER:
             return "running"
-    if state in ("running", "interrupted") or (run_dir / "checkpoints").exists():
+    if state in ("running", "interrupted", "done") or damage or (run_dir / "checkpoints").exists():
         return "interrupted"
     return "pending"

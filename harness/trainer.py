@@ -39,7 +39,7 @@ from harness.data import DatasetInfo, get_dataset
 from harness.errors import HarnessError
 from harness.evaluate import evaluate
 from harness.models import create_model
-from harness.store import atomic_write, atomic_write_bytes, atomic_write_json
+from harness.store import atomic_write, atomic_write_bytes, atomic_write_json, write_status
 from harness.teacher import load_teacher
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -92,6 +92,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "host": socket.gethostname(), "threads": torch.get_num_threads(), "argv": sys.argv, **numerics_flags(),
     }
+
+
+class DamagedCheckpoint(Exception):
+    """``checkpoints/last.pt`` cannot be resumed from (unreadable, another run's, or not this cell's shape)."""
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -150,7 +154,7 @@ class Trainer:
     # ------------------------------------------------------------------ persistence
     def save(self) -> None:
         save_checkpoint(self.run_dir / CHECKPOINT, {
-            "epoch": self.epoch, "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "key": self.spec.key, "epoch": self.epoch, "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
             "cost": self.cost.to_dict(), "history": json.dumps(self.history)})
 
@@ -163,13 +167,21 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         if not path.exists():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.student.load_state_dict(state["student"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.method.load_state_dict(state["method"])
-        self.cost.load(state["cost"])
-        self.history, self.epoch = json.loads(state["history"]), state["epoch"]
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for a truncated or foreign file
+            raise DamagedCheckpoint(f"unreadable ({type(error).__name__})") from None
+        if state.get("key", self.spec.key) != self.spec.key:  # checkpoints before the key was stored pass
+            raise DamagedCheckpoint(f"from another run (key {state['key']}, the cell's is {self.spec.key})")
+        try:
+            self.student.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.method.load_state_dict(state["method"])
+            self.cost.load(state["cost"])
+            self.history, self.epoch = json.loads(state["history"]), state["epoch"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise DamagedCheckpoint(f"does not fit this cell ({type(error).__name__}: {error})"[:300]) from None
         return True
 
     def resume(self) -> bool:
@@ -335,7 +347,14 @@ def train_cell(spec: RunSpec, run_dir: Path, device: str | torch.device = "cpu",
     atomic_write_json(run_dir / "config.json", spec.to_dict())
     trainer = Trainer(spec, run_dir, device, progress)
     atomic_write_json(run_dir / "env.json", environment(trainer.device))
-    trainer.resume()
+    try:
+        trainer.resume()
+    except DamagedCheckpoint as why:  # start over from a freshly seeded trainer: the failed load may have half-set it
+        line = f"damaged: {run_dir}: {CHECKPOINT} {why}: checkpoint removed; the cell restarts from epoch 0"
+        print(line, file=sys.stderr)
+        write_status(run_dir, repaired=line)
+        (run_dir / CHECKPOINT).unlink()
+        trainer = Trainer(spec, run_dir, device, progress)
     trainer.train()
     metrics = trainer.evaluate()
     atomic_write_json(run_dir / "cost.json", trainer.cost.to_dict())

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from harness.errors import HarnessError
-from harness.store import RunLock, read_status, write_status
+from harness.store import RunLock, read_status, result_intact, write_status
 
 if TYPE_CHECKING:
     from harness.config import RunSpec
@@ -98,7 +98,7 @@ def run_worker(run_dir: str | Path, device: str = "cpu", fresh: bool = False, pr
         return "busy"
     try:
         status = read_status(run_dir)
-        if not fresh and status.get("state") == "done" and (run_dir / "metrics.json").exists():
+        if not fresh and result_intact(run_dir):
             return "skipped"
         if fresh:
             for name in FRESH_FILES:
@@ -111,7 +111,7 @@ def run_worker(run_dir: str | Path, device: str = "cpu", fresh: bool = False, pr
         resumed = (run_dir / "checkpoints" / "last.pt").exists()
         write_status(run_dir, state="running", attempt=status.get("attempt", 0) + 1, host=socket.gethostname(),
                      pid=os.getpid(), device=device, started=time.time(), finished=None, error=None,
-                     resumed=resumed)
+                     resumed=resumed, repaired=None)
         heartbeat = _Heartbeat(run_dir, HEARTBEAT_SECONDS, lock)
         heartbeat.start()
         try:

@@ -267,3 +267,44 @@ def test_slurm_timeout_checkpoints_and_requeues_the_cell(tmp_path, teacher_check
     assert [h["epoch"] for h in history_of(job.run_dir)] == list(range(1, 41))
     requeued = CellJob(fresh=True).checkpoint(str(job.run_dir))
     assert requeued.function.fresh is False and requeued.args == (str(job.run_dir),)
+
+
+def _results_of(folder):
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return history_of(folder), {a: {k: v for k, v in r.items() if k != "seconds"} for a, r in metrics["attacks"].items()}
+
+
+def test_damaged_run_folders_are_reported_and_repaired_without_losing_a_result(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, epochs=2, seeds=(0, 1, 2, 3))
+    run_experiment(tmp_path, args=("--workers", "2"))
+    cells = folders(tmp_path)
+    by_seed = {json.loads((f / "config.json").read_text())["seed"]: f for f in cells}
+    before = {f: _results_of(f) for f in cells}
+    truncate = lambda path: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # noqa: E731
+    truncate(by_seed[0] / "status.json")  # the result is whole: only its status is rewritten
+    truncate(by_seed[1] / "metrics.json")  # resumes from the final checkpoint and re-evaluates
+    truncate(by_seed[2] / "history.jsonl")
+    truncate(by_seed[2] / "checkpoints/last.pt")  # nothing to resume from: restarts
+    (by_seed[3] / "checkpoints/last.pt").write_bytes((by_seed[0] / "checkpoints/last.pt").read_bytes())
+    truncate(by_seed[3] / "metrics.json")  # and its checkpoint is seed 0's: restarts too
+
+    shown = harness_process("status", "exp.yaml", cwd=tmp_path)
+    out, err = shown.communicate(timeout=120)
+    assert shown.returncode == 0 and "Traceback" not in err, err
+    damaged = [line for line in out.splitlines() if line.startswith("damaged: ")]
+    assert len(damaged) == 4 and "status.json unreadable" in out, out
+    assert "checkpoints/last.pt truncated" in out and "metrics.json unreadable" in out
+
+    process = start_run(tmp_path, args=("--workers", "2"))  # as before: one thread per cell, the same numbers
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("damaged: ")]
+    says = {seed: [line for line in lines if f"{folder.relative_to(tmp_path)}:" in line] for seed, folder in by_seed.items()}
+    assert len(says[0]) == 1 and "rewritten as done" in says[0][0], lines
+    assert "resumes from checkpoints/last.pt" in says[1][0] and len(says[1]) == 1
+    assert "checkpoint removed; the cell restarts from epoch 0" in says[2][0] and len(says[2]) == 1
+    assert "from another run" in says[3][-1] and "restarts from epoch 0" in says[3][-1], says[3]
+    for folder in cells:
+        assert read_status(folder)["state"] == "done" and cell_state(folder) == "done"
+        assert _results_of(folder) == before[folder], folder  # every result as it was
+    assert (by_seed[0] / "worker.log").read_text().count(": done") == 1  # seed 0 was not rerun

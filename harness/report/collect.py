@@ -92,7 +92,13 @@ class Run:
             lines = (self.run_dir / "history.jsonl").read_text().splitlines()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        parsed = []
+        for line in filter(str.strip, lines):
+            try:
+                parsed.append(json.loads(line))
+            except json.JSONDecodeError:  # a damaged history (``status`` reports it): the lines before it
+                break
+        return parsed
 
     def teacher_report(self) -> dict[str, Any] | None:
         """The teacher's evaluation (``report.json`` beside its checkpoint), if it can be found."""

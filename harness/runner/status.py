@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.config import Experiment
-from harness.store import cell_state, read_status
+from harness.store import cell_state, read_status, run_damage
 
 
 def _epochs(run_dir: Path) -> int:
@@ -20,7 +20,7 @@ def _epochs(run_dir: Path) -> int:
 
 def grid_status(experiment: Experiment, results: Path) -> pd.DataFrame:
     """One row per cell: run folder, method, state, attempt, epochs done, device, host,
-    seconds since the last heartbeat, and the error of a failed run."""
+    seconds since the last heartbeat, the error of a failed run and what is damaged in the folder."""
     rows = []
     now = time.time()
     for spec in experiment.cells:
@@ -33,5 +33,6 @@ def grid_status(experiment: Experiment, results: Path) -> pd.DataFrame:
             "epochs": f"{_epochs(run_dir)}/{spec.settings.schedule.epochs}",
             "device": status.get("device", "-"), "host": status.get("host", "-"),
             "heartbeat_s": round(now - beat) if beat else None, "error": status.get("error") or "",
+            "damage": "; ".join(f"{name} {problem}" for name, problem in run_damage(run_dir).items()),
         })
     return pd.DataFrame(rows)
