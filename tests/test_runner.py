@@ -308,3 +308,40 @@ def test_damaged_run_folders_are_reported_and_repaired_without_losing_a_result(t
         assert read_status(folder)["state"] == "done" and cell_state(folder) == "done"
         assert _results_of(folder) == before[folder], folder  # every result as it was
     assert (by_seed[0] / "worker.log").read_text().count(": done") == 1  # seed 0 was not rerun
+
+
+def _alive(pid):
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_no_worker_outlives_a_runner_killed_with_sigkill(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, epochs=400, seeds=(0, 1))
+    runner = start_run(tmp_path, args=("--workers", "2"))
+    deadline, pids = time.time() + 120, []
+    while time.time() < deadline and len(pids) < 2:
+        pids = [read_status(f).get("pid") for f in folders(tmp_path) if read_status(f).get("state") == "running"]
+        time.sleep(0.1)
+    assert len(pids) == 2 and all(map(_alive, pids)), "the workers did not start"
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(map(_alive, pids)):
+        time.sleep(0.1)
+    assert not any(map(_alive, pids)), "a worker outlived its runner"
+    assert all(cell_state(f) == "interrupted" for f in folders(tmp_path))  # none left holding its cell
+
+
+def test_two_runs_with_an_untrained_teacher_are_identical(tmp_path):
+    results = []
+    for name in ("first", "second"):
+        where = tmp_path / name
+        where.mkdir()
+        write_experiment(where, GRID.format(teacher="null", epochs=2, seeds=[0, 1], method="noise")
+                         .replace("{arch: cnn5, checkpoint: null}", "{arch: cnn5}"))
+        run_experiment(where, args=("--workers", "2"))
+        results.append({f.name: _results_of(f) for f in folders(where)})
+    assert len(results[0]) == 2 and results[0] == results[1]
