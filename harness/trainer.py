@@ -355,6 +355,7 @@ def train_cell(spec: RunSpec, run_dir: Path, device: str | torch.device = "cpu",
         write_status(run_dir, repaired=line)
         (run_dir / CHECKPOINT).unlink()
         trainer = Trainer(spec, run_dir, device, progress)
+    print(f"{run_dir}: starting at epoch {trainer.epoch} of {spec.settings.schedule.epochs}", file=sys.stderr)
     trainer.train()
     metrics = trainer.evaluate()
     atomic_write_json(run_dir / "cost.json", trainer.cost.to_dict())
