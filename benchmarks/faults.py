@@ -105,7 +105,9 @@ def campaign(where: Path, kills: int, rng: random.Random) -> tuple[int, int, lis
     events: list[tuple[Path, int, int]] = []
     runner = start_runner(where)
     while runner_kills + worker_kills < kills and not _grid_done(where):
-        time.sleep(rng.uniform(0.5, 4.0))
+        while runner.poll() is None and not _training(where):  # a moment while cells train, not start-up
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))
         if runner.poll() is not None:  # it ended with cells left interrupted: restart it
             runner = start_runner(where)
             continue
