@@ -57,13 +57,6 @@ def cnn5(in_channels: int, num_classes: int, image_size: int, **kwargs) -> Class
                     ("block1", "block3", "block5"), **kwargs)
 
 
-@register_model("cnn3-tiny", aliases=("cnn3_tiny",))
-def cnn3_tiny(in_channels: int, num_classes: int, image_size: int, **kwargs) -> Classifier:
-    """The quickstart's student: 3 blocks of widths 8, 16, 32, stride 2 in blocks 2 and 3 (about 6k
-    parameters), small enough that attacking it is much cheaper on a CPU than attacking ResNet-8."""
-    return PlainCNN(in_channels, num_classes, (8, 16, 32), (1, 2, 2), ("block1", "block2", "block3"), **kwargs)
-
-
 @register_model("resnet8")
 def resnet8(in_channels: int, num_classes: int, image_size: int, **kwargs) -> Classifier:
     """ResNet-8 student: one post-activation BasicBlock per stage, widths 16, 32, 64."""
