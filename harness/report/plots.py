@@ -321,7 +321,8 @@ def gamma(store: Store, options: PlotOptions) -> list[Path]:
             sns.move_legend(axis, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=7)
     figure.suptitle(f"{store.name}: accuracy against {axis_name.rsplit('.', 1)[-1]} (mean ± sd over n seeds)")
     figure.tight_layout()
-    return _save(figure, options, options.param.rsplit(".", 1)[-1] if options.param != "gamma" else "gamma")
+    # gamma.png for Fig. 5; another parameter gets its own name, never a figure kind's (epochs.png is Fig. 8)
+    return _save(figure, options, "gamma" if options.param == "gamma" else f"sweep-{options.param.rsplit('.', 1)[-1]}")
 
 
 def _label_runs_per_point(axis: plt.Axes, panel: pd.DataFrame) -> None:
