@@ -447,20 +447,31 @@ def _table_arguments(parser: argparse.ArgumentParser) -> None:
 def table(args: argparse.Namespace) -> int:
     from harness.report.collect import open_store
     from harness.report.tables import build_table, render
-    from harness.store import atomic_write_bytes
 
-    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
-    if fmt not in ("md", "tex", "csv"):
-        raise HarnessError(f"--out: cannot tell the format from '{args.out}'; give --format md|tex|csv")
+    fmt = _output_format(args, ("md", "tex", "csv"))
     store = open_store(_experiment_source(args), args.results)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
-    text = render(build_table(store, args.layout, args.metric, attacks, args.cost, args.vs), fmt)
-    if args.out:
-        atomic_write_bytes(Path(args.out), text.encode())
-        print(f"wrote {args.out}")
+    _emit(render(build_table(store, args.layout, args.metric, attacks, args.cost, args.vs), fmt), args.out)
+    return 0
+
+
+def _output_format(args: argparse.Namespace, formats: tuple[str, ...]) -> str:
+    """``--format``, else the suffix of ``--out``, else md."""
+    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
+    if fmt not in formats:
+        raise HarnessError(f"--out: cannot tell the format from '{args.out}'; give --format {'|'.join(formats)}")
+    return fmt
+
+
+def _emit(text: str, out: str | None) -> None:
+    """``text`` to the file ``out`` (atomically, saying so) or to standard output."""
+    from harness.store import atomic_write_bytes
+
+    if out:
+        atomic_write_bytes(Path(out), text.encode())
+        print(f"wrote {out}")
     else:
         print(text, end="")
-    return 0
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -486,11 +497,8 @@ def compare(args: argparse.Namespace) -> int:
     from harness.report.collect import open_store
     from harness.report.compare import compare_rows, render_comparisons
     from harness.report.names import ATTACKS, METRICS
-    from harness.store import atomic_write_bytes
 
-    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
-    if fmt not in ("md", "csv"):
-        raise HarnessError(f"--out: cannot tell the format from '{args.out}'; give --format md|csv")
+    fmt = _output_format(args, ("md", "csv"))
     if not 0 < args.level < 1:
         raise HarnessError(f"--level: {args.level} is not between 0 and 1")
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
@@ -502,12 +510,7 @@ def compare(args: argparse.Namespace) -> int:
     store = open_store(args.experiment, args.results)
     comparisons = compare_rows(store, args.a, args.b, attacks=attacks, metrics=metrics, samples=args.samples,
                                level=args.level, seed=args.seed)
-    text = render_comparisons(comparisons, fmt)
-    if args.out:
-        atomic_write_bytes(Path(args.out), text.encode())
-        print(f"wrote {args.out}")
-    else:
-        print(text, end="")
+    _emit(render_comparisons(comparisons, fmt), args.out)
     return 0
 
 
