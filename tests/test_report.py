@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 
+import matplotlib.colors
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ import seaborn as sns
 
 from harness.cli import main
 from harness.report.collect import open_store
+from harness.report import methods as method_facts
 from harness.report import plots
 from harness.report.plots import KINDS, PlotOptions, _label_runs_per_point, plot
 from harness.report.tables import build_table, choose_layout, render
@@ -267,6 +269,22 @@ def test_gamma_plot_has_a_row_per_student(tmp_path, monkeypatch):
     for student, pgd_avg in (("resnet8", 30.0), ("mobilenetv2", 50.0)):
         lines = [list(line.get_ydata()) for line in panels[f"Avg · {student}"].get_lines()]
         assert [pgd_avg, pgd_avg + 0.5] in lines  # its own runs, not the two students' mean
+    plt.close("all")
+
+
+def test_sweep_plot_gives_each_method_its_family_colour(tmp_path, monkeypatch):
+    """A line spans the swept values, so its colour is keyed by the label without the swept axis
+    (keyed by the full label, every line fell back to the teacher's black)."""
+    results = tmp_path / "results"
+    for method, pgd_avg in (("cmi", 30.0), ("ferd", 40.0)):
+        for gamma in (0.0, 0.5):
+            write_run(results, method, 0, {"clean": (60.0, 30.0, 0.3), "pgd20": (pgd_avg + gamma, 10.0, 0.6)},
+                      params={"gamma": gamma})
+    panel = _panels_by_title("gamma", results, tmp_path, monkeypatch)["Avg"]
+    colours = {tuple(line.get_ydata()): matplotlib.colors.to_hex(line.get_color()) for line in panel.get_lines()}
+    cmi, ferd = colours[(30.0, 30.5)], colours[(40.0, 40.5)]
+    assert cmi != ferd and plots.TEACHER_COLOR not in (cmi, ferd)
+    assert {cmi, ferd} == {matplotlib.colors.to_hex(method_facts.family_color(m)) for m in ("cmi", "ferd")}
     plt.close("all")
 
 

@@ -53,15 +53,17 @@ class PlotOptions:
         self.prefix = prefix
 
 
-def palette(store: Store, with_teacher: bool = False) -> dict[str, Any]:
-    """A colour per variant: its method family's hue, in shades when a family has several variants."""
-    variants = list(dict.fromkeys(run.variant for run in store.runs))
+def palette(store: Store, with_teacher: bool = False,
+            label: Callable[[Run], str] = lambda run: run.variant) -> dict[str, Any]:
+    """A colour per variant (or per ``label`` of a run): its method family's hue, in shades when a
+    family has several."""
+    variants = list(dict.fromkeys(label(run) for run in store.runs))
     families: dict[str, list[str]] = {}
     for run in store.runs:
         family = run.config.get("plugin") or run.method
         families.setdefault(family, [])
-        if run.variant not in families[family]:
-            families[family].append(run.variant)
+        if label(run) not in families[family]:
+            families[family].append(label(run))
     spare = iter(sns.color_palette("tab10", len(families) + 10)[::-1])
     colors: dict[str, Any] = {TEACHER: TEACHER_COLOR} if with_teacher else {}
     for family, members in families.items():
@@ -305,7 +307,7 @@ def gamma(store: Store, options: PlotOptions) -> list[Path]:
         data["x"] = data["x"].map(value_text)
     students = list(dict.fromkeys(data["student"]))
     figure, axes = plt.subplots(len(students), 2, figsize=(10, 3.6 * len(students)), squeeze=False)
-    colors = palette(store)
+    colors = palette(store, label=lambda run: run.label(without=(axis_name,)))  # a line spans the swept values
     lines = list(dict.fromkeys(data["method"]))
     for (row, student), (column, metric) in itertools.product(enumerate(students), enumerate(("Avg", "Worst"))):
         axis = axes[row, column]
