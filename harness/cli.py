@@ -491,7 +491,7 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default="results", help="the run store (default: ./results)")
 
 
-@command("compare", "paired differences A − B over seeds with bootstrap intervals (seeds and test images)",
+@command("compare", "paired differences A − B over seeds with 95 % intervals (Student-t over seeds, bootstrap over test images)",
          _compare_arguments)
 def compare(args: argparse.Namespace) -> int:
     from harness.report.collect import open_store

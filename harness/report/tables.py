@@ -384,8 +384,8 @@ def _footnotes(table: Table) -> list[str]:
     if any(row.done > 1 for row in table.rows):
         notes.append("mean ± sample std over seeds; n = finished runs")
     if table.versus is not None:
-        notes.append(f"▲ / ▼ above / below {table.versus} of the same student, established at 95 % (paired "
-                     "bootstrap over seeds and the test images of each class; `harness compare` gives the intervals)")
+        notes.append(f"▲ / ▼ above / below {table.versus} of the same student, established at 95 % (Student-t "
+                     "over seeds with a bootstrap of each class's test images; `harness compare` gives the intervals)")
     return notes
 
 
