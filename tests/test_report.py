@@ -394,6 +394,19 @@ def test_precision_labels_a_variant_with_its_default_filled_in():
     assert [axes["precision"] for axes in run_axes(configs)] == ["fp32", "bf16"]
 
 
+def test_a_methods_own_schedule_defaults_are_not_a_variant():
+    """DFHL brings its own learning-rate schedule: rows stay 'dfhl' and 'cmi'; epochs varying within
+    each method still labels the rows."""
+    from harness.report.collect import run_axes
+
+    cmi = {"method": "cmi", "teacher": {"arch": "cnn5"}, "schedule": {"epochs": 10, "lr_min": 0.0},
+           "threat": {}, "eval": {}, "params": {}}
+    dfhl = {**cmi, "method": "dfhl", "schedule": {"epochs": 10, "lr_min": 0.0002}}
+    assert run_axes([cmi, dfhl]) == [{}, {}]
+    longer = [{**c, "schedule": {**c["schedule"], "epochs": 20}} for c in (cmi, dfhl)]
+    assert run_axes([cmi, dfhl, *longer]) == [{"schedule.epochs": e} for e in (10, 10, 20, 20)]
+
+
 def test_a_plugin_from_harness_plugins_gets_its_own_colour_order_and_ablation_view(tmp_path):
     """tests/toy_method.py is loaded through HARNESS_PLUGINS (tests/conftest.py) and declares its
     family colour, its order and an ablation preset: the reports show it without knowing it."""

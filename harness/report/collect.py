@@ -126,15 +126,18 @@ def axis_text(axis: str, value: Any) -> str:
 
 
 def varying_axes(configs: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[str]]]:
-    """The setting axes that vary across all ``configs``, and per method the hyper-parameters
-    that vary among that method's configs (dotted names such as ``schedule.epochs``, ``params.gamma``)."""
+    """The setting axes that vary among the configs of some one method, and per method the
+    hyper-parameters that vary among that method's configs (dotted names such as ``schedule.epochs``,
+    ``params.gamma``). A setting that differs only between methods — a method's own schedule
+    defaults, such as DFHL's learning-rate schedule — is part of the method, not a variant."""
     frame = pd.DataFrame([_flat(c) for c in configs]).map(lambda v: json.dumps(v) if isinstance(v, list) else v)
     methods = pd.Series([c["method"] for c in configs])
-    settings = [c for c in frame.columns if not c.startswith("params.") and frame[c].nunique(dropna=False) > 1]
-    params = {}
-    for method in dict.fromkeys(methods):
-        group = frame[(methods == method).to_numpy()]
-        params[method] = [c for c in frame.columns if c.startswith("params.") and group[c].nunique(dropna=False) > 1]
+    groups = {method: frame[(methods == method).to_numpy()] for method in dict.fromkeys(methods)}
+    varying = {method: [c for c in frame.columns if group[c].nunique(dropna=False) > 1]
+               for method, group in groups.items()}
+    settings = [c for c in frame.columns if not c.startswith("params.")
+                and any(c in columns for columns in varying.values())]
+    params = {method: [c for c in columns if c.startswith("params.")] for method, columns in varying.items()}
     return settings, params
 
 
