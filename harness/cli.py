@@ -81,7 +81,7 @@ def _cost_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="experiment YAML file")
     parser.add_argument("--gpu", choices=tuple(PEAK_TFLOPS), default=None,
                         help=f"GPU and precision whose throughput sets the GPU-hours (default {DEFAULT_GPU}): "
-                             f"{SUSTAINED_FRACTION:.0%} of the dense peak TFLOP/s of its data sheet ({gpus})")
+                             f"{SUSTAINED_FRACTION * 100:.0f} %% of the dense peak TFLOP/s of its data sheet ({gpus})")
     parser.add_argument("--tflops", type=float, default=None,
                         help="sustained TFLOP/s instead (e.g. the one benchmarks/gpu_smoke.py measured)")
     parser.add_argument("--out", help="also write the per-cell numbers as JSON")
@@ -563,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text, arguments, handler in _COMMANDS:
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
         arguments(sub)
         sub.set_defaults(handler=handler)
     return parser

@@ -57,6 +57,16 @@ def test_help_lists_subcommands(tmp_path):
         assert name in result.stdout
 
 
+def test_every_subcommand_prints_its_help(tmp_path):
+    """argparse %-formats help strings: a bare "95 %" in one of them breaks ``--help`` of the whole program."""
+    from harness.cli import _COMMANDS
+
+    for name, *_ in _COMMANDS:
+        result = harness(name, "--help", cwd=tmp_path)
+        assert result.returncode == 0, (name, result.stderr)
+        assert "usage:" in result.stdout
+
+
 def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "exp.yaml").write_text(VALID.replace("cnn5", "cnn6"))
     result = harness_subprocess("validate", "exp.yaml", cwd=tmp_path)
