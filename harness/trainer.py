@@ -133,16 +133,16 @@ class Trainer:
         plugin = spec.entry.plugin
         if plugin.needs_train_data and train_data is None:
             train_data = self.info.load("train", settings.data_root)
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.schedule.lr,
+                                         momentum=self.schedule.momentum, weight_decay=self.schedule.weight_decay)
         context = MethodContext(
             teacher=self.teacher, student=self.student, info=self.info, epsilon=self.threat.epsilon,
             step_size=self.threat.step_size, attack_steps=self.threat.train_steps,
             batch_size=self.schedule.batch_size, generator_steps=self.schedule.generator_steps,
             pool_size=self.schedule.pool_size, device=self.device, cost=self.cost, train_data=train_data,
             warmup_epochs=self.schedule.warmup_epochs, kl_reduction=self.schedule.kl_reduction,
-            synthesis_student_bn=self.schedule.synthesis_student_bn)
+            synthesis_student_bn=self.schedule.synthesis_student_bn, student_lr_scale=self.student_lr_scale)
         self.method = plugin(spec.params, context)
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.schedule.lr,
-                                         momentum=self.schedule.momentum, weight_decay=self.schedule.weight_decay)
         student_epochs = self.schedule.epochs - self.schedule.warmup_epochs
         self.lr_per_epoch = self.schedule.lr_schedule == "epochs"
         periods = self.schedule.epochs if self.lr_per_epoch else student_epochs * self.schedule.student_steps
@@ -216,6 +216,10 @@ class Trainer:
         atomic_write_bytes(self.run_dir / "history.jsonl", text.encode())
 
     # ------------------------------------------------------------------ training
+    def student_lr_scale(self) -> float:
+        """The learning rate the student's next step takes over the schedule's initial one."""
+        return self.optimizer.param_groups[0]["lr"] / self.schedule.lr
+
     def training_precision(self) -> Any:
         """The context of the generator, student and training-attack passes: bf16 autocast or fp32."""
         return autocast(self.device, self.precision)

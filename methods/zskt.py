@@ -29,7 +29,8 @@ Modes (``mode``).
 
 Numbers per epoch: ``generator_kl``, the mean of KL(T ‖ S) = −L_G over the epoch's generator
 steps (from ``synthesize`` in pool mode, from ``end_of_epoch`` in reference mode, which also
-gives ``generator_steps``, their count), and ``batch_class_counts``: per class, how many of
+gives ``generator_steps``, their count), ``generator_lr``, G's learning rate at the epoch's
+last generator step, and ``batch_class_counts``: per class, how many of
 the clean images of the epoch's student steps the teacher labels (argmax) with that class —
 one count per image per step (a group's batch counts n_s times), so they sum to T_s × batch.
 They are counted on the logits the trainer already computes for the step (no extra teacher
@@ -43,6 +44,19 @@ every converted baseline differs only in its synthesis; AT is therefore a switch
 (bilinear) to the teacher's when their sizes differ, and the models must expose the same
 number of ``block_layers`` (an error otherwise, rather than a silent no-op).
 
+Generator learning rate (``generator_lr``). The released code anneals G's Adam learning rate with
+the same cosine as the student's, over the whole run, both stepped once per group: G slows down
+as the student does and is still at the end. ``student`` (default) does that here: before each
+group's (or round's) steps G's learning rate is lr × lr_S(t)/lr_S(0), the student's current
+fraction of its initial learning rate (``MethodContext.student_lr_scale``; the schedule's cosine,
+stepped per epoch or per step as the schedule says). ``constant`` keeps it at lr throughout
+(version 2 of this plugin). Why it matters: with a constant lr, G keeps moving at full speed while
+the student's learning rate reaches zero. In the 50-epoch Fashion-MNIST benchmark (version 2,
+seed 1; reports/fmnist_bench/README.md) G's batches turned all Bag in the last three epochs, when
+the student's learning rate was below 1 % of its initial one, and the final student fell from
+48 % PGD-20 on the probe at epoch 45 to 11 %. The likely path is the student's BatchNorm running
+statistics, which every G and student step updates in train mode whatever the learning rate.
+
 Output BatchNorm (``output_bn``). The released generator is the shared generator's layout
 (Linear → BN → [Upsample → Conv3×3 → BN → LeakyReLU(0.2)] ×2 → Conv3×3) ending in an affine
 ``BatchNorm2d(3)`` and no squashing: its images live in the teacher's mean/std-normalised
@@ -55,8 +69,6 @@ Differences from the released code (reference mode unless said otherwise):
 - the student step is the DFRD conversion (RSLAD on KL-PGD examples, the schedule's SGD with
   its cosine decay, no gradient clipping), not KL(T ‖ S) + β·AT on the clean images with
   Adam (lr 2e-3), cosine decay over the run and the gradient norm clipped to 5;
-- G's learning rate is constant: the original decays it (cosine) once per iteration over the
-  whole run, whose length a method does not know;
 - the generator loss uses the *real student* (``ctx.student``): Fast-Datafree's ZSKT passes
   the teacher as both models, making L_G ≡ 0 and G untrained — avoided (see the tests);
 - during the G steps the student runs in train mode, as in the original (its BatchNorm uses
@@ -128,6 +140,9 @@ class Params:
     grad_clip: float = param(5.0, ge=0, doc="max gradient norm of the generator (0 = no clipping)")
     attention: bool = param(False, doc="add the original's attention-transfer term to the student loss")
     beta: float = param(250.0, ge=0, doc="weight β of the attention-transfer term")
+    generator_lr: Literal["student", "constant"] = param(
+        "student", doc="student (released code: G's learning rate decays with the student's cosine, "
+                       "lr × lr_S(t)/lr_S(0)) | constant (version 2: lr throughout)")
     output_bn: bool = param(False, key_at_default=False,
                             doc="affine BatchNorm on G's output before its Sigmoid (the original's last layer)")
 
@@ -168,7 +183,7 @@ class ZSKT(Method):
     display = Display(color="#8c564b", order=10)
 
     Params = Params
-    version = "2"  # 2: reference mode (no pool) is the default
+    version = "3"  # 2: reference mode (no pool) is the default; 3: G's learning rate decays with the student's
 
     def __init__(self, params: Params, context: MethodContext) -> None:
         super().__init__(params, context)
@@ -193,6 +208,7 @@ class ZSKT(Method):
         self._class_counts = torch.zeros(info.num_classes, dtype=torch.long, device=device)
         self._kl_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._generator_steps = 0
+        self._generator_lr = params.lr  # the learning rate of G's latest step (history: ``generator_lr``)
         self._student_batches = 0
 
     @classmethod
@@ -210,6 +226,16 @@ class ZSKT(Method):
         return Params()
 
     # ------------------------------------------------------------------ generator
+    def _anneal_generator_lr(self) -> float:
+        """Set G's learning rate for the coming group or round (see ``generator_lr``); returns it."""
+        lr = self.params.lr
+        if self.params.generator_lr == "student":
+            lr *= self.ctx.student_lr_scale()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._generator_lr = lr
+        return lr
+
     def _generator_step(self, z: torch.Tensor) -> torch.Tensor:
         """One Adam step of G on L_G for ``z``; returns KL(T ‖ S) = −L_G before the step (on the device)."""
         ctx = self.ctx
@@ -227,6 +253,7 @@ class ZSKT(Method):
         ctx, params = self.ctx, self.params
         z = randn((batch_size, params.nz), generator=generator, device=ctx.device)
         self.generator.train()
+        self._anneal_generator_lr()
         with torch.enable_grad(), frozen(ctx.student, train=True):
             for _ in range(params.n_g):
                 self._kl_sum += self._generator_step(z).double()
@@ -246,6 +273,7 @@ class ZSKT(Method):
         self.generator.train()
         with self.student_for_synthesis(epoch):
             for _ in range(rounds):
+                self._anneal_generator_lr()
                 z = randn((ctx.batch_size, self.params.nz), device=ctx.device)
                 for _ in range(n_g):
                     divergences.append(self._generator_step(z))
@@ -253,7 +281,7 @@ class ZSKT(Method):
                     self.pool.add(self.generator(z))
                 ctx.cost.images_synthesized += len(z)
         steps = to_host(torch.stack(divergences)).double().tolist()
-        return {"generator_kl": sum(steps) / len(steps)}
+        return {"generator_kl": sum(steps) / len(steps), "generator_lr": self._generator_lr}
 
     def sampling_period_for_estimate(self) -> int:
         return 1 if self.pool is not None else self.params.n_s
@@ -315,6 +343,7 @@ class ZSKT(Method):
             line["generator_steps"] = self._generator_steps
             if self._generator_steps:
                 line["generator_kl"] = numbers[-1] / self._generator_steps
+                line["generator_lr"] = self._generator_lr
         if self._student_batches:
             line["batch_class_counts"] = [int(count) for count in numbers[:-1]]
         self._class_counts.zero_()

@@ -16,10 +16,12 @@ from harness.backbone.best_iterate import BestIterate
 from harness.backbone.cost import Cost
 from harness.backbone.generator import Generator
 from harness.backbone.method import MethodContext
+from harness.config import load_experiment
 from harness.data import get_dataset
 from harness.errors import HarnessError
 from harness.models import create_model
 from harness.schema import to_plain
+from harness.trainer import Trainer
 from methods.zskt import ZSKT, attention_loss, generator_loss
 from tests.e2e import history_of, kill_at_first_checkpoint, run_experiment, run_folder, start_run, write_experiment
 
@@ -125,9 +127,39 @@ def test_zskt_attention_switch_adds_the_at_term():
 def test_zskt_defaults_to_the_reference_loop():
     params = ZSKT.default_params("cifar10")
     assert (params.mode, params.n_g, params.n_s, params.output_bn) == ("reference", 1, 10, False)
-    assert ZSKT.version == "2"
+    assert params.generator_lr == "student"  # the released code: one cosine for G and the student
+    assert ZSKT.version == "3"
     assert "output_bn" not in to_plain(params, for_key=True)  # a switch at its default leaves the key alone
     assert to_plain(dataclasses.replace(params, output_bn=True), for_key=True)["output_bn"] is True
+
+
+@pytest.mark.parametrize("mode", ["reference", "pool"])
+def test_zskt_generator_lr_is_the_students_fraction_of_lr(mode):
+    """G's Adam takes lr × student_lr_scale(); at scale 0 its step leaves G as it was, with
+    ``constant`` it takes lr whatever the student's schedule says."""
+    teacher, student = cnn5(0), resnet8(1)
+    scale = [0.25]
+    params = ZSKT.Params(mode=mode, nz=8, width=8, lr=4e-3, n_s=2)
+    method = ZSKT(params, context(teacher, student, student_lr_scale=lambda: scale[0]))
+    rng = torch.Generator().manual_seed(0)
+
+    def one_group():
+        return method.synthesize(0) if mode == "pool" else (method.sample(8, rng), method.sample(8, rng))
+
+    one_group()
+    assert method.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    line = method.synthesize(0) if mode == "pool" else method.end_of_epoch(0)
+    assert line["generator_lr"] == pytest.approx(1e-3)
+    scale[0] = 0.0
+    before = [p.detach().clone() for p in method.generator.parameters()]
+    one_group()
+    assert all(torch.equal(a, b) for a, b in zip(before, method.generator.parameters()))
+    method = ZSKT(dataclasses.replace(params, generator_lr="constant"),
+                  context(teacher, student, student_lr_scale=lambda: scale[0]))
+    before = [p.detach().clone() for p in method.generator.parameters()]
+    one_group()
+    assert method.optimizer.param_groups[0]["lr"] == 4e-3
+    assert not all(torch.equal(a, b) for a, b in zip(before, method.generator.parameters()))
 
 
 def spy_generator(method):
@@ -432,6 +464,21 @@ base:
 grid:
   method: [{method}]
 """
+
+
+def test_zskt_generator_lr_follows_the_trainers_cosine(tmp_path, teacher_checkpoint):
+    """Through the trainer (n_s = 1: a group per student step; per-step cosine over 2 epochs × 3
+    steps): G's learning rate at step k is lr_G·(1 + cos(πk/6))/2, the student's fraction."""
+    write_experiment(tmp_path, EXPERIMENT.format(teacher=teacher_checkpoint, method="zskt").replace(
+        "student_steps: 2", "student_steps: 3") + "methods: {zskt: {n_s: 1, lr: 0.002}}\n")
+    (spec,) = load_experiment(tmp_path / "exp.yaml").cells
+    trainer = Trainer(spec, tmp_path / "run", "cpu", progress=False)
+    seen = []
+    anneal = trainer.method._anneal_generator_lr
+    trainer.method._anneal_generator_lr = lambda: seen.append(anneal()) or seen[-1]
+    trainer.train()
+    assert seen == pytest.approx([0.002 * (1 + math.cos(math.pi * k / 6)) / 2 for k in range(6)])
+    assert [line["generator_lr"] for line in trainer.history] == pytest.approx([seen[2], seen[5]])
 
 
 @pytest.mark.parametrize("method", ["zskt", "deepinv"])

@@ -89,6 +89,9 @@ class MethodContext:
     warmup_epochs: int = 0  # generation-only epochs before student training (the schedule's)
     kl_reduction: str = "batchmean"  # the RSLAD step's KL: batchmean | mean (the schedule's)
     synthesis_student_bn: str = "running"  # the student's BatchNorm statistics during synthesis (the schedule's)
+    # the student's learning rate now over its initial one (1 → lr_min/lr along the schedule's cosine), for
+    # methods whose own optimiser decays with the student's (ZSKT's generator); 1 outside a trainer
+    student_lr_scale: Callable[[], float] = field(default=lambda: 1.0)
 
 
 class Method:
