@@ -66,7 +66,8 @@ JS_CLAMP = (0.01, 0.99)
 
 @dataclass(frozen=True)
 class Params:
-    """DeepInversion hyper-parameters (Fast-Datafree's CIFAR values, docs/methods.md)."""
+    """DeepInversion hyper-parameters (the zju-vipa CIFAR values; λ_tv 1e-3 is CMI's script, Fast-Datafree's
+    passes 0; docs/methods.md)."""
 
     lr: float = param(0.1, gt=0, doc="Adam learning rate of the pixel parameters")
     betas: tuple[float, float] = param((0.5, 0.99), ge=0, lt=1, doc="Adam betas")

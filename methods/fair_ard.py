@@ -16,29 +16,44 @@ batch, Σ_c (1/n_c) Σ_j over the training set is estimated by the batch mean of
 identical in expectation on class-balanced training sets (CIFAR, Fashion-MNIST).
 
 Class weights. The difficulty of class c is κ_c, the mean over the class's examples of the
-least PGD steps d(x, y) = min{t ∈ [0, K] : S(x̃^(t)) ≠ y} (K when never misclassified), taken
-from the training attack itself over one epoch; ω_c = κ_c^−β (β = 2; ``lps_weights`` of FERD's
+least PGD steps d(x, y) = min{t ∈ [0, K] : S(x̃^(t)) ≠ y} (K when never misclassified; the
+paper's definition), taken from the training attack itself over one epoch. The released code
+instead counts the iterates x̃^(0..K−1) the student still classifies correctly (``kappa:
+correct_iterates``): the same number unless an example flips back to correct after a first
+misclassification; ω_c = κ_c^−β (β = 2; ``lps_weights`` of FERD's
 Table 6, the same function) normalised to mean 1, optionally clamped to [5/6, 5/2] as the
 released code does (``clamp``). The weights of epoch e come from epoch e − 1; epoch 1 is
 uniform. β = 0 gives plain ARD / RSLAD (presets ``ard`` and ``rslad``).
 
-Budget. The student is trained by the shared schedule (SGD with momentum, cosine decay,
-``epochs × student_steps`` batches) so that the reference row spends the same student steps as
-the data-free methods; the paper's own schedule (Nesterov, 200 epochs, ÷10 at 100 and 150)
-is a matter of the experiment's ``schedule``. Each harness epoch walks a fresh random
-permutation of the training set (another when it runs out), with the random crop (padding
-size/8) and the dataset's natural flip.
+Budget. The student is trained by the shared schedule (SGD with momentum 0.9, weight decay
+5e-4, cosine decay, ``epochs × student_steps`` batches; harness) so that the reference row
+spends the same student steps, on the same optimiser, as the data-free methods. The released
+code's schedule is not available in the harness: SGD with Nesterov momentum and weight decay
+2e-4, lr 0.1 for 100 epochs and 0.01 after (its ``adjust_learning_rate`` multiplies the *initial*
+lr by 0.1 at each milestone, so the printed ÷10 at 150 sets 0.01 again). Each harness epoch walks
+a fresh random permutation of the training set (another when it runs out), with the random crop
+(padding size/8) and the dataset's natural flip.
+
+Released-code switches (defaults: the paper where it says, else the harness's protocol):
+- ``kappa``: ``least_steps`` (the paper's LPS) | ``correct_iterates`` (the code's count, above);
+- ``attack_bn``: ``eval`` (harness: the training attack runs the student in eval mode, as
+  every other method's does — the papers do not say) | ``train``: ARD's and Fair-ARD's code call
+  ``net.train()`` before the attack, so its K forwards use the batch's BatchNorm statistics and
+  update the running ones with every iterate;
+- the schedule's ``kl_reduction``: ``batchmean`` (KL summed over classes, the harness's scale for
+  every method) | ``mean``: the code's ``nn.KLDivLoss()``, the mean over batch × classes = KL / C
+  (the KL terms of ℓ_j divided by C; ARD's CE term is unchanged).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from harness.attacks import attack_mode, cross_entropy_loss, pgd
+from harness.attacks import cross_entropy_loss, frozen, pgd
 from harness.backbone.class_weights import class_means, least_pgd_steps, lps_weights
 from harness.backbone.devices import place, to_host
 from harness.backbone.distill import kl_divergence
@@ -59,13 +74,21 @@ class Params:
     tau: float = param(30.0, gt=0, doc="ARD temperature τ")
     alpha: float = param(1.0, ge=0, le=1, doc="ARD weight of the KL term; 1 − α on CE(S(x), y)")
     clamp: bool = param(False, doc="clamp the normalised weights to [5/6, 5/2] (released code)")
+    kappa: Literal["least_steps", "correct_iterates"] = param(
+        "least_steps", key_at_default=False,
+        doc="least_steps (paper: first misclassifying PGD step, K if none) | correct_iterates (released code: "
+            "iterates of the K still classified correctly)")
+    attack_bn: Literal["eval", "train"] = param(
+        "eval", key_at_default=False,
+        doc="the student's BatchNorm in the training attack: eval (harness) | train (released code)")
 
 
 # --------------------------------------------------------------------------- losses
 def ard_loss_per_sample(teacher_logits: torch.Tensor, student_adv: torch.Tensor, student_clean: torch.Tensor,
-                        labels: torch.Tensor, *, tau: float, alpha: float) -> torch.Tensor:
-    """ℓ_j = α τ² KL(T^τ(x) ‖ S^τ(x̃)) + (1 − α) CE(S(x), y), per sample (ARD)."""
-    kl = kl_divergence(teacher_logits.detach() / tau, student_adv / tau, reduction="none")
+                        labels: torch.Tensor, *, tau: float, alpha: float, kl_scale: float = 1.0) -> torch.Tensor:
+    """ℓ_j = α τ² KL(T^τ(x) ‖ S^τ(x̃)) + (1 − α) CE(S(x), y), per sample (ARD); the KL times
+    ``kl_scale`` (1/C: the released code's mean over classes)."""
+    kl = kl_scale * kl_divergence(teacher_logits.detach() / tau, student_adv / tau, reduction="none")
     loss = alpha * tau**2 * kl
     if alpha < 1:
         loss = loss + (1 - alpha) * F.cross_entropy(student_clean, labels, reduction="none")
@@ -73,10 +96,10 @@ def ard_loss_per_sample(teacher_logits: torch.Tensor, student_adv: torch.Tensor,
 
 
 def rslad_loss_per_sample(teacher_logits: torch.Tensor, student_adv: torch.Tensor,
-                          student_clean: torch.Tensor) -> torch.Tensor:
-    """ℓ_j = 5/6 KL(T(x) ‖ S(x̃)) + 1/6 KL(T(x) ‖ S(x)), per sample (RSLAD)."""
+                          student_clean: torch.Tensor, *, kl_scale: float = 1.0) -> torch.Tensor:
+    """ℓ_j = 5/6 KL(T(x) ‖ S(x̃)) + 1/6 KL(T(x) ‖ S(x)), per sample (RSLAD), times ``kl_scale``."""
     target = teacher_logits.detach()
-    return (RSLAD_WEIGHTS[0] * kl_divergence(target, student_adv, reduction="none")
+    return kl_scale * (RSLAD_WEIGHTS[0] * kl_divergence(target, student_adv, reduction="none")
             + RSLAD_WEIGHTS[1] * kl_divergence(target, student_clean, reduction="none"))
 
 
@@ -92,12 +115,15 @@ def weighted_mean(per_sample: torch.Tensor, labels: torch.Tensor, weights: torch
 
 
 def pgd_with_lps(student: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, *, epsilon: float,
-                 step_size: float, steps: int, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CE-PGD-K on the student (random start) and each example's least PGD steps d(x, y).
+                 step_size: float, steps: int, generator: torch.Generator | None = None,
+                 kappa: str = "least_steps", batchnorm: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """CE-PGD-K on the student (random start) and each example's difficulty count.
 
-    The objective records whether each iterate x̃^(0..K−1) is misclassified; a first flip at
-    x̃^(K) would count K like no flip, so the last iterate needs no extra forward pass.
+    The objective records whether each iterate x̃^(0..K−1) is misclassified. ``least_steps``: the
+    first misclassified one, K if none (a first flip at x̃^(K) would count K like no flip, so the
+    last iterate needs no extra forward pass); ``correct_iterates``: how many of the K are correct.
+    ``batchnorm``: the student's BatchNorm mode during the attack (``train`` updates its running
+    statistics at every iterate, as the released code does).
     """
     wrong: list[torch.Tensor] = []
 
@@ -105,9 +131,11 @@ def pgd_with_lps(student: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
         wrong.append(logits.detach().argmax(1) != y)
         return cross_entropy_loss(logits, y)
 
-    with attack_mode(student):
+    with frozen(student, train=batchnorm == "train"):
         x_adv = pgd(student, x, labels, epsilon=epsilon, step_size=step_size, steps=steps,
                     objective=objective, generator=generator)
+    if kappa == "correct_iterates":
+        return x_adv, (~torch.stack(wrong)).sum(0)
     wrong.append(torch.zeros_like(labels, dtype=torch.bool))
     return x_adv, least_pgd_steps(torch.stack(wrong))
 
@@ -171,7 +199,8 @@ class FairARD(Method):
         if labels is None:
             raise ValueError("fair-ard attacks need the labels of the training batch")
         x_adv, lps = pgd_with_lps(ctx.student, x, labels, epsilon=ctx.epsilon, step_size=ctx.step_size,
-                                  steps=ctx.attack_steps, generator=generator)
+                                  steps=ctx.attack_steps, generator=generator, kappa=self.params.kappa,
+                                  batchnorm=self.params.attack_bn)
         self._epoch_lps.append(lps)  # on the device: end_of_epoch reads the epoch's tallies at once
         self._epoch_labels.append(labels)
         return x_adv
@@ -180,12 +209,13 @@ class FairARD(Method):
                      labels: torch.Tensor | None) -> torch.Tensor:
         """The class-weighted ARD (or RSLAD) loss with this epoch's ω."""
         p, student = self.params, self.ctx.student
+        kl_scale = 1 / self.ctx.info.num_classes if self.ctx.kl_reduction == "mean" else 1.0
         student_adv, student_clean = student(x_adv), student(x)
         if p.loss == "ard":
             per_sample = ard_loss_per_sample(teacher_logits, student_adv, student_clean, labels,
-                                             tau=p.tau, alpha=p.alpha)
+                                             tau=p.tau, alpha=p.alpha, kl_scale=kl_scale)
         else:
-            per_sample = rslad_loss_per_sample(teacher_logits, student_adv, student_clean)
+            per_sample = rslad_loss_per_sample(teacher_logits, student_adv, student_clean, kl_scale=kl_scale)
         return weighted_mean(per_sample, labels, self.class_weights)
 
     def end_of_epoch(self, epoch: int) -> dict[str, Any]:

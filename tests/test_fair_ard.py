@@ -10,10 +10,13 @@ import torch
 from torch import nn
 
 from harness import config as config_module
+from harness.backbone.cost import Cost
 from harness.backbone.distill import kl_divergence
+from harness.backbone.method import MethodContext
 from harness.config import ConfigError, load_experiment
 from harness.data import get_dataset
 from methods.fair_ard import (
+    FairARD,
     ard_loss_per_sample,
     class_weights_from_lps,
     pgd_with_lps,
@@ -47,6 +50,44 @@ def test_least_pgd_steps_count_the_first_misclassified_iterate():
     assert lps.tolist() == [0, 3, 9, steps]  # correct at every step counts K
     assert model.calls == steps  # one forward per PGD step, none extra for x^(K)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+class TabledModel(nn.Module):
+    """Call t predicts class 1 (wrong for label 0) for sample j when ``wrong[t][j]``."""
+
+    def __init__(self, wrong: list[list[bool]]) -> None:
+        super().__init__()
+        self.wrong, self.calls = torch.tensor(wrong, dtype=torch.float32), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wrong = self.wrong[self.calls]
+        self.calls += 1
+        return torch.stack([1 - wrong, wrong], dim=1) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_kappa_switch_counts_the_released_codes_correct_iterates():
+    """Sample 0 is wrong only at iterate 1 (flips back), sample 1 from iterate 2 on, sample 2
+    never: the paper's least steps 1, 2, 4; the code's correct iterates 3, 2, 4 (K = 4)."""
+    table = [[False, False, False], [True, False, False], [False, True, False], [False, True, False]]
+    x, labels = torch.rand(3, 1, 4, 4), torch.zeros(3, dtype=torch.long)
+    _, least = pgd_with_lps(TabledModel(table), x, labels, epsilon=0.1, step_size=0.025, steps=4)
+    _, correct = pgd_with_lps(TabledModel(table), x, labels, epsilon=0.1, step_size=0.025, steps=4,
+                              kappa="correct_iterates")
+    assert least.tolist() == [1, 2, 4] and correct.tolist() == [3, 2, 4]
+
+
+@pytest.mark.parametrize("batchnorm", ["eval", "train"])
+def test_attack_bn_switch_sets_the_students_batchnorm_during_the_attack(batchnorm):
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    student(torch.rand(2, 1, 6, 6))  # materialise the lazy layer
+    student.train()
+    mean_before = student[1].running_mean.clone()
+    x, labels = torch.rand(8, 1, 6, 6), torch.zeros(8, dtype=torch.long)
+    pgd_with_lps(student, x, labels, epsilon=0.1, step_size=0.025, steps=3, batchnorm=batchnorm)
+    moved = not torch.equal(student[1].running_mean, mean_before)
+    assert moved == (batchnorm == "train")  # train mode: every iterate updates the running statistics
+    assert student.training and all(p.requires_grad for p in student.parameters())  # modes restored
 
 
 def test_class_weights_are_kappa_to_the_minus_beta_with_mean_one_and_the_clamp_switch():
@@ -85,12 +126,38 @@ def test_ard_loss_by_hand():
     assert got.item() == pytest.approx(float(expected), rel=1e-5)
     only_kl = ard_loss_per_sample(teacher, adv, clean, torch.tensor([1]), tau=tau, alpha=1.0)
     assert only_kl.item() == pytest.approx(float(tau**2 * kl), rel=1e-5)  # α = 1: the label is unused
+    # kl_reduction: mean (the code's nn.KLDivLoss(), KL / C) scales the KL term only
+    scaled = ard_loss_per_sample(teacher, adv, clean, torch.tensor([0]), tau=tau, alpha=alpha, kl_scale=0.5)
+    assert scaled.item() == pytest.approx(float(alpha * tau**2 * kl / 2 + (1 - alpha) * ce), rel=1e-5)
 
 
 def test_rslad_loss_per_sample_is_five_sixths_adversarial_one_sixth_clean():
     teacher, adv, clean = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
     expected = 5 / 6 * kl_divergence(teacher, adv, "none") + 1 / 6 * kl_divergence(teacher, clean, "none")
     torch.testing.assert_close(rslad_loss_per_sample(teacher, adv, clean), expected)
+    torch.testing.assert_close(rslad_loss_per_sample(teacher, adv, clean, kl_scale=0.25), expected / 4)
+
+
+@pytest.mark.parametrize("loss", ["ard", "rslad"])
+def test_the_schedules_kl_reduction_mean_divides_the_loss_by_c(loss):
+    """The plugin reads ``schedule.kl_reduction``: ``mean`` (the code's KL / C) is 1/C of ``batchmean``
+    at α = 1 and uniform weights."""
+    info = get_dataset("synthetic")
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, info.num_classes))
+    data = [(torch.rand(3, 16, 16), c % info.num_classes) for c in range(4)]
+
+    def method(reduction):
+        context = MethodContext(teacher=student, student=student, info=info, epsilon=0.1, step_size=0.025,
+                                attack_steps=1, batch_size=4, generator_steps=0, pool_size=0,
+                                device=torch.device("cpu"), cost=Cost(), train_data=data, kl_reduction=reduction)
+        return FairARD(FairARD.Params(loss=loss), context)
+
+    x, x_adv, labels = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16), torch.arange(4)
+    teacher_logits = torch.randn(4, info.num_classes)
+    full = method("batchmean").student_loss(x, x_adv, teacher_logits, labels)
+    per_class = method("mean").student_loss(x, x_adv, teacher_logits, labels)
+    torch.testing.assert_close(per_class, full / info.num_classes)
 
 
 # --------------------------------------------------------------------------- the train-split contract
