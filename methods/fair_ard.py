@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from harness.attacks import cross_entropy_loss, frozen, pgd
 from harness.backbone.class_weights import class_means, least_pgd_steps, lps_weights
 from harness.backbone.devices import place, to_host
-from harness.backbone.distill import kl_divergence
+from harness.backbone.distill import kl_divergence, kl_reduction_scale
 from harness.backbone.method import Display, Method, MethodContext, register_method
 from harness.data import augment_batch
 from harness.schema import param
@@ -209,7 +209,7 @@ class FairARD(Method):
                      labels: torch.Tensor | None) -> torch.Tensor:
         """The class-weighted ARD (or RSLAD) loss with this epoch's ω."""
         p, student = self.params, self.ctx.student
-        kl_scale = 1 / self.ctx.info.num_classes if self.ctx.kl_reduction == "mean" else 1.0
+        kl_scale = kl_reduction_scale(self.ctx.kl_reduction, self.ctx.info.num_classes)
         student_adv, student_clean = student(x_adv), student(x)
         if p.loss == "ard":
             per_sample = ard_loss_per_sample(teacher_logits, student_adv, student_clean, labels,

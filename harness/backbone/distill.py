@@ -64,6 +64,14 @@ def kl_pgd(
     return x_adv.detach()
 
 
+def kl_reduction_scale(reduction: str, num_classes: int) -> float:
+    """The factor on a class-summed KL for a KL ``reduction``: 1 for ``batchmean``, 1/C for ``mean``
+    (the mean over batch × classes of RSLAD's, ARD's and Fair-ARD's code)."""
+    if reduction not in ("batchmean", "mean"):
+        raise ValueError(f"unknown KL reduction {reduction!r}")
+    return 1.0 if reduction == "batchmean" else 1 / num_classes
+
+
 def rslad_loss(
     teacher_logits: torch.Tensor,
     student_clean_logits: torch.Tensor,
@@ -75,9 +83,7 @@ def rslad_loss(
 ) -> torch.Tensor:
     """L_S = w_adv·KL(T(x) ‖ S(x_adv)) + w_clean·KL(T(x) ‖ S(x)) (RSLAD); ``batchmean`` KL, or
     ``mean`` over batch × classes as RSLAD's code (KL / C)."""
-    if reduction not in ("batchmean", "mean"):
-        raise ValueError(f"unknown KL reduction {reduction!r}")
     target = teacher_logits.detach()
-    loss = adv_weight * kl_divergence(target, student_adv_logits) + clean_weight * kl_divergence(
-        target, student_clean_logits)
-    return loss if reduction == "batchmean" else loss / target.shape[1]
+    scale = kl_reduction_scale(reduction, target.shape[1])
+    return scale * (adv_weight * kl_divergence(target, student_adv_logits) + clean_weight * kl_divergence(
+        target, student_clean_logits))
