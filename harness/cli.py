@@ -366,7 +366,8 @@ def _warn_emulated_bf16(experiment, device: str) -> None:
 def _write_reports(experiment, results) -> list:
     """The outputs of the experiment's ``report:`` list, under reports/<name>/ (tables as md and csv,
     figures as PNG; file names start with the YAML file's stem when it is a view of another
-    experiment's store)."""
+    experiment's store). A figure the finished rows cannot give (class weights from a grid that
+    has no reweighting method) is named on stderr and skipped; the others are still written."""
     from harness.report.collect import open_store
     from harness.report.tables import build_table, render
     from harness.store import atomic_write_bytes
@@ -384,7 +385,10 @@ def _write_reports(experiment, results) -> list:
             from harness.report.plots import PlotOptions
             from harness.report.plots import plot as draw
 
-            paths += draw(output, store, PlotOptions(out, formats=("png",), prefix=store.file_prefix))
+            try:
+                paths += draw(output, store, PlotOptions(out, formats=("png",), prefix=store.file_prefix))
+            except HarnessError as error:
+                print(f"report: {output} not drawn: {error}", file=sys.stderr)
     return paths
 
 

@@ -371,9 +371,11 @@ report: [table, per-class, confusion]
 
     shutil.copy(tmp_path / "exp.yaml", tmp_path / "demo.yaml")
     (tmp_path / "demo_noise.yaml").write_text("include: demo.yaml\nname: demo\ngrid:\n  method: [noise]\n"
-                                             "report: [table, per-class]\n")
+                                             "report: [table, weights, per-class]\n")
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "demo_noise.yaml", "--quiet", "--device", "cpu"]) == 0
+    with contextlib.redirect_stderr(io.StringIO()) as err:  # noise logs no class weights: that figure is skipped
+        assert main(["run", "demo_noise.yaml", "--quiet", "--device", "cpu"]) == 0
+    assert "report: weights not drawn: demo: no finished run logged class weights" in err.getvalue()
     assert sorted(p.name for p in reports.iterdir()) == sorted(
         [*expected, "demo_noise-table.md", "demo_noise-table.csv", "demo_noise-per-class.png"])
     view = (reports / "demo_noise-table.md").read_text()
