@@ -375,20 +375,19 @@ def _write_reports(experiment, results) -> list:
     store = open_store(str(experiment.path), results)
     out = Path("reports") / experiment.name
     paths = []
-    for output in experiment.report:
-        if output == "table":
-            table = build_table(store)
-            for fmt in ("md", "csv"):
-                paths.append(out / f"{store.file_prefix}table.{fmt}")
-                atomic_write_bytes(paths[-1], render(table, fmt).encode())
-        else:  # matplotlib only when a figure is asked for
-            from harness.report.plots import PlotOptions
-            from harness.report.plots import plot as draw
+    if "table" in experiment.report:
+        table = build_table(store)
+        for fmt in ("md", "csv"):
+            paths.append(out / f"{store.file_prefix}table.{fmt}")
+            atomic_write_bytes(paths[-1], render(table, fmt).encode())
+    figures = [output for output in experiment.report if output != "table"]
+    if figures:  # matplotlib only when a figure is asked for
+        from harness.report.plots import PlotOptions, plot_each
 
-            try:
-                paths += draw(output, store, PlotOptions(out, formats=("png",), prefix=store.file_prefix))
-            except HarnessError as error:
-                print(f"report: {output} not drawn: {error}", file=sys.stderr)
+        drawn, skipped = plot_each(figures, store, PlotOptions(out, formats=("png",), prefix=store.file_prefix))
+        paths += drawn
+        for kind, why in skipped.items():
+            print(f"report: {kind} not drawn: {why}", file=sys.stderr)
     return paths
 
 
@@ -535,7 +534,7 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
 @command("plot", "the paper's figures of an experiment from the store, as PNG and PDF", _plot_arguments)
 def plot(args: argparse.Namespace) -> int:
     from harness.report.collect import open_store
-    from harness.report.plots import KINDS, PlotOptions
+    from harness.report.plots import KINDS, PlotOptions, plot_each
     from harness.report.plots import plot as draw
 
     store = open_store(_experiment_source(args), args.results)
@@ -549,12 +548,9 @@ def plot(args: argparse.Namespace) -> int:
     if args.kind != "all":
         paths = draw(args.kind, store, options)
     else:
-        paths = []
-        for kind in KINDS:
-            try:
-                paths += draw(kind, store, options)
-            except HarnessError as error:
-                print(f"{kind}: skipped ({error})", file=sys.stderr)
+        paths, skipped = plot_each(KINDS, store, options)
+        for kind, why in skipped.items():
+            print(f"{kind}: skipped ({why})", file=sys.stderr)
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -446,3 +446,16 @@ def plot(kind: str, store: Store, options: PlotOptions) -> list[Path]:
     if kind not in KINDS:
         raise HarnessError(f"plot: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
     return KINDS[kind](store, options)
+
+
+def plot_each(kinds: Sequence[str], store: Store, options: PlotOptions) -> tuple[list[Path], dict[str, str]]:
+    """Draw every kind the store's rows can give: the files written, and why each other kind was not
+    (e.g. ``weights`` for rows that log no class weights)."""
+    paths: list[Path] = []
+    skipped: dict[str, str] = {}
+    for kind in kinds:
+        try:
+            paths += plot(kind, store, options)
+        except HarnessError as error:
+            skipped[kind] = str(error)
+    return paths, skipped
