@@ -146,7 +146,7 @@ def pgd_with_lps(student: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
 class FairARD(Method):
     """Fair-ARD / Fair-RSLAD / ARD / RSLAD on the real training set (module docstring)."""
 
-    display = Display(color="#17becf", order=70)
+    display = Display(color="#17becf", order=70, class_weights="loss")
 
     Params = Params
     version = "1"

@@ -68,8 +68,10 @@ def sweep_store(results: Path, experiment: str = "fixture") -> Path:
             write_run(results, "ferd", seed, {"clean": (60.0 + 4 * gamma + seed, 30.0 + 10 * gamma, 0.3),
                                               "pgd20": (40.0 - seed, 10.0 + 12 * gamma - 8 * gamma ** 2, 0.6)},
                       params={"gamma": gamma}, history=history, experiment=experiment)
+    uniform = [{"epoch": e, "class_weights": [1 / 3] * 3, "probe_clean": 40.0 + e, "probe_pgd20": 20.0 + e,
+                "probe_clean_worst": 10.0, "probe_pgd20_worst": 5.0} for e in (1, 2, 3)]
     write_run(results, "ferd-no-reweight", 0, {"clean": (55.0, 20.0, 0.3), "pgd20": (35.0, 5.0, 0.6)},
-              plugin="ferd", params={"reweight": "none"}, experiment=experiment)
+              plugin="ferd", params={"reweight": "none"}, history=uniform, experiment=experiment)
     write_run(results, "cmi", 0, {"clean": (70.0, 40.0, 0.3), "pgd20": (40.0, 10.0, 0.6)}, experiment=experiment)
     return results
 

@@ -216,6 +216,27 @@ def test_weights_plot_draws_finished_runs_one_panel_per_student(tmp_path, monkey
     plt.close(figures[0])
 
 
+def test_weights_plot_reads_what_the_weights_are_from_the_method_and_equal_weight_from_the_log(tmp_path, monkeypatch):
+    """Fair-ARD declares loss weights ω (drawn against 1), FERD sampling weights p (against 1/C); a run
+    whose logged weights never left uniform (FERD w/o reweighting, ARD) is an equal-weight run, whatever
+    its name, and only meets the reweighted ones in the comparison row."""
+    results = tmp_path / "results"
+    scores = {"clean": (60.0, 30.0, 0.3), "pgd20": (40.0, 10.0, 0.6)}
+    logs = {"ferd": [0.2, 0.3, 0.5], "my-ferd": [1 / 3] * 3, "fair-ard": [0.9, 0.9, 1.2], "ard": [1.0] * 3}
+    for method, weights in logs.items():
+        history = [{"epoch": e, "class_weights": weights} for e in (1, 2, 3)]
+        write_run(results, method, 0, scores, plugin="fair-ard" if "ard" in method else "ferd", history=history)
+    write_run(results, "cmi", 0, scores)
+    panels = _panels_by_title("weights", results, tmp_path, monkeypatch)
+    assert set(panels) == {"ferd: class weights p", "fair-ard: class loss weights ω", "equal vs reweighted: PGD-20"}
+    dashed = {title: [line.get_ydata()[0] for line in axis.get_lines() if line.get_linestyle() == "--"]
+              for title, axis in panels.items()}
+    assert dashed["ferd: class weights p"] == [pytest.approx(1 / 3)] and dashed["fair-ard: class loss weights ω"] == [1.0]
+    legend = [text.get_text() for text in panels["equal vs reweighted: PGD-20"].get_legend().get_texts()]
+    assert sorted(legend) == ["ard", "fair-ard", "ferd", "my-ferd"]  # no cmi: it logs no weights
+    plt.close("all")
+
+
 def test_per_class_and_confusion_never_pool_two_students(main_store, tmp_path, monkeypatch):
     figures = {}
     monkeypatch.setattr(plots, "_save", lambda figure, options, stem: figures.update({stem: figure}) or [stem])

@@ -27,7 +27,7 @@ import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -59,7 +59,9 @@ class Display:
     ablation table. ``symbols``: hyper-parameter → symbol in column titles (``gamma`` → γ).
     ``value_titles``: hyper-parameter → value → title of that value in tables. ``views``: table
     layouts the method's sweeps make — layout name → (swept hyper-parameter, or a prefix ending in
-    ``_`` for a family of them, and the table's title).
+    ``_`` for a family of them, and the table's title). ``class_weights``: what the ``class_weights``
+    the method logs in its history are — ``sampling`` probabilities p (sum 1; drawn against the uniform
+    1/C) or ``loss`` weights ω (mean 1; drawn against 1).
     """
 
     color: str | None = None
@@ -68,6 +70,7 @@ class Display:
     symbols: Mapping[str, str] = field(default_factory=dict)
     value_titles: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     views: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    class_weights: Literal["sampling", "loss"] = "sampling"
 
 
 @dataclass

@@ -206,31 +206,34 @@ def confusion(store: Store, options: PlotOptions) -> list[Path]:
     return paths
 
 
+def _logged_weights(run: Run) -> np.ndarray | None:
+    """The class weights ``run`` logged, an epoch per row (None: it logs none)."""
+    epochs = [line["class_weights"] for line in run.history if "class_weights" in line]
+    return np.asarray(epochs, dtype=float) if epochs else None
+
+
 def _equal_weight(run: Run) -> bool:
-    params = run.config.get("params", {})
-    return run.method == "ferd-no-reweight" or params.get("reweight") == "none" or params.get("beta") == 0
-
-
-def _loss_weights(run: Run) -> bool:
-    """Fair-ARD logs loss weights ω (mean 1); FERD logs sampling weights p (sum 1)."""
-    return run.config.get("plugin") == "fair-ard"
+    """A run whose logged class weights never left uniform (FERD w/o reweighting, ARD: Fair-ARD at β = 0)."""
+    logged = _logged_weights(run)
+    return logged is not None and bool(np.allclose(logged, logged[:, :1]))
 
 
 def weights(store: Store, options: PlotOptions) -> list[Path]:
-    """Fig. 4, from finished runs (a panel per student when there are several): FERD's class
-    sampling weights p per epoch (mean over seeds; dashed: uniform 1/C) —
-    Fair-ARD's loss weights ω (dashed: 1) — and, a row per student that has both, per-class
-    robustness of equal-weight vs reweighted runs."""
+    """Fig. 4, from finished runs (a panel per student when there are several): the class weights
+    each reweighting run logs per epoch (mean over seeds), as its method declares them
+    (``Display.class_weights``): sampling weights p (FERD; dashed: uniform 1/C) or loss weights ω
+    (Fair-ARD; dashed: 1) — and, a row per student that has both, per-class robustness of
+    equal-weight runs (weights that never left uniform) vs reweighted ones."""
     names = store.class_names()
     weighted: dict[str, list[np.ndarray]] = {}
     loss_weights: set[str] = set()
     several_students = len(_students(store)) > 1
     for run in store.finished():  # a running cell's few epochs would cut every seed's line short
-        epochs = [line["class_weights"] for line in run.history if "class_weights" in line]
-        if epochs and not _equal_weight(run):
+        logged = _logged_weights(run)
+        if logged is not None and not _equal_weight(run):
             panel = _panel_name(run, several_students)
-            weighted.setdefault(panel, []).append(np.asarray(epochs))
-            if _loss_weights(run):
+            weighted.setdefault(panel, []).append(logged)
+            if method_facts.display(run.method).class_weights == "loss":
                 loss_weights.add(panel)
     if not weighted:
         raise HarnessError(f"{store.name}: no finished run logged class weights (FERD's history 'class_weights')")
