@@ -212,10 +212,14 @@ def _logged_weights(run: Run) -> np.ndarray | None:
     return np.asarray(epochs, dtype=float) if epochs else None
 
 
+def _uniform(logged: np.ndarray) -> bool:
+    return bool(np.allclose(logged, logged[:, :1]))
+
+
 def _equal_weight(run: Run) -> bool:
     """A run whose logged class weights never left uniform (FERD w/o reweighting, ARD: Fair-ARD at β = 0)."""
     logged = _logged_weights(run)
-    return logged is not None and bool(np.allclose(logged, logged[:, :1]))
+    return logged is not None and _uniform(logged)
 
 
 def weights(store: Store, options: PlotOptions) -> list[Path]:
@@ -230,7 +234,7 @@ def weights(store: Store, options: PlotOptions) -> list[Path]:
     several_students = len(_students(store)) > 1
     for run in store.finished():  # a running cell's few epochs would cut every seed's line short
         logged = _logged_weights(run)
-        if logged is not None and not _equal_weight(run):
+        if logged is not None and not _uniform(logged):
             panel = _panel_name(run, several_students)
             weighted.setdefault(panel, []).append(logged)
             if method_facts.display(run.method).class_weights == "loss":
