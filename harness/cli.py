@@ -259,6 +259,10 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("cached", "retry", "force"), default="cached",
                         help="cached: skip done cells, resume interrupted ones; retry: also rerun failed; force: all")
     parser.add_argument("--dry-run", action="store_true", help="list each cell's state and run nothing")
+    parser.add_argument("--only", action="append", metavar="KEY=V[,V...]",
+                        help="only the cells whose KEY (a grid or cell key: method, seed, ferd.gamma, ...) is one "
+                             "of the values; repeat for several keys, all must hold (e.g. --only seed=1 "
+                             "--only method=cmi,dfhl)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--executor", choices=("local", "slurm"), help="default: the YAML's executor.kind, else local")
     local = parser.add_argument_group("local executor")
@@ -301,12 +305,13 @@ def _executor(args: argparse.Namespace, experiment, results):
 
 @command("run", "validate an experiment and run (or submit) its pending cells", _run_arguments)
 def run(args: argparse.Namespace) -> int:
-    from harness.config import load_experiment
+    from harness.config import load_experiment, select_cells
     from harness.runner import check_results_folder, run_experiment, selected
     from harness.store import cell_state
     from harness.teacher import verify_teachers
 
-    experiment = load_experiment(args.file)
+    grid = load_experiment(args.file)
+    experiment = select_cells(grid, args.only, args.file) if args.only else grid
     results = Path(args.results)
     if args.dry_run:
         for spec in experiment.cells:
@@ -327,13 +332,13 @@ def run(args: argparse.Namespace) -> int:
         parts.append(f"{outcome['failed earlier']} failed earlier (--mode retry reruns them)")
     parts.append(f"{outcome['skipped']} skipped (already finished)")
     print(f"{experiment.name}: " + ", ".join(parts))
-    if experiment.report:
-        unfinished = len(experiment.cells) - outcome["done"] - outcome["skipped"]
+    if grid.report:  # written once the whole grid is done, whichever cells --only ran
+        unfinished = sum(cell_state(results / spec.relative_dir()) != "done" for spec in grid.cells)
         if unfinished:
-            print(f"report: not written, {unfinished} of {len(experiment.cells)} cells are not finished",
+            print(f"report: not written, {unfinished} of {len(grid.cells)} cells are not finished",
                   file=sys.stderr)
         else:
-            for path in _write_reports(experiment, results):
+            for path in _write_reports(grid, results):
                 print(f"wrote {path}")
     return 1 if outcome["failed"] or outcome["interrupted"] else 0
 

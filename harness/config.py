@@ -644,9 +644,7 @@ class _Resolver:
         return replace(settings, threat=replace(threat, epsilon=epsilon, step_size=step))
 
     def excluded(self, spec: RunSpec) -> bool:
-        flat = _flatten(to_plain(spec.settings))
-        for prefix in {spec.entry.plugin_name, spec.method}:
-            flat.update(_flatten(to_plain(spec.params), prefix))
+        flat = cell_values(spec)
         return any(all(_matches(flat.get(key), values) for key, values in rule.items()) for rule in self.exclude)
 
     def cells(self) -> list[RunSpec]:
@@ -658,6 +656,57 @@ class _Resolver:
             if spec.relative_dir() not in seen and not self.excluded(spec):
                 seen[spec.relative_dir()] = spec
         return list(seen.values())
+
+
+def cell_values(spec: RunSpec) -> dict[str, Any]:
+    """A cell's resolved values by dotted key (``seed``, ``schedule.epochs``, ``ferd.gamma``, its
+    hyper-parameters also under its plugin's name), as ``exclude`` rules and ``run --only`` match them."""
+    flat = _flatten(to_plain(spec.settings))
+    for prefix in {spec.entry.plugin_name, spec.method}:
+        flat.update(_flatten(to_plain(spec.params), prefix))
+    return flat
+
+
+def select_cells(experiment: Experiment, only: list[str], shown: str) -> Experiment:
+    """The experiment reduced to the cells whose value at every ``KEY=V1,V2,...`` of ``only`` is one
+    of its values (``run --only``; values read as YAML scalars, so ``seed=1`` is the number).
+
+    Each key must be a key of the grid's cells, each value must be some cell's, and together they
+    must leave a cell: a typo is one :class:`ConfigError` line, never a silently smaller run.
+    """
+    rules: dict[str, list[Any]] = {}
+    for item in only:
+        key, _, text = item.partition("=")
+        key = key.strip()
+        values = [_scalar(value) if value.strip() else None for value in text.split(",")]
+        if not key or not text or None in values:
+            raise ConfigError(f"{shown}: --only {item!r}: expected KEY=VALUE[,VALUE...], e.g. method=cmi,dfhl")
+        if key in rules:
+            raise ConfigError(f"{shown}: --only {key} given twice; list its values once ({key}=A,B)")
+        rules[key] = values
+    cells = [(spec, cell_values(spec)) for spec in experiment.cells]
+    for key, values in rules.items():
+        present = [flat[key] for _, flat in cells if key in flat]
+        if not present:
+            known = sorted({k for _, flat in cells for k in flat})
+            raise ConfigError(f"{shown}: --only {key}: no cell has this key{suggest(key, known)}")
+        for value in values:
+            if not any(_matches(v, [value]) for v in present):
+                choices = ", ".join(sorted({str(v) for v in present}))
+                raise ConfigError(f"{shown}: --only {key}={value}: no cell has this value (the grid's: {choices})")
+    chosen = [spec for spec, flat in cells if all(_matches(flat.get(k), v) for k, v in rules.items())]
+    if not chosen:
+        raise ConfigError(f"{shown}: --only {' '.join(only)}: no cell of the grid matches all of them")
+    return replace(experiment, cells=chosen)
+
+
+def _scalar(text: str) -> Any:
+    """A command-line value as YAML reads it (``1`` the number, ``true`` the boolean), else the text."""
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError:
+        return text.strip()
+    return value if isinstance(value, (str, int, float, bool)) else text.strip()
 
 
 def _matches(value: Any, candidates: list[Any]) -> bool:

@@ -247,3 +247,40 @@ def test_merge_keys_may_still_be_overridden():
     from harness.config import parse_yaml
 
     assert parse_yaml("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n") == {"a": {"p": 1, "q": 2}, "b": {"p": 3, "q": 2}}
+
+
+def test_only_keeps_the_cells_matching_every_key(tmp_path):
+    from harness.config import select_cells
+
+    experiment = load(tmp_path, BASE + """
+grid:
+  method: [toy, toy-zero]
+  seed: [0, 1, 2]
+  toy.gamma: [0.1, 0.5]
+""")
+    cells = select_cells(experiment, ["seed=1,2", "method=toy"], "exp.yaml").cells
+    assert sorted((c.method, c.settings.seed, c.params.gamma) for c in cells) == [
+        ("toy", 1, 0.1), ("toy", 1, 0.5), ("toy", 2, 0.1), ("toy", 2, 0.5)]
+    # method parameters by dotted key, numbers compared as numbers; the grid itself is untouched
+    (cell,) = select_cells(experiment, ["toy.gamma=1/2", "seed=0", "method=toy"], "exp.yaml").cells
+    assert (cell.settings.seed, cell.params.gamma) == (0, 0.5)
+    assert len(experiment.cells) == 9  # toy: 3 seeds x 2 gammas; toy-zero: 3 seeds
+
+
+@pytest.mark.parametrize("only, message", [
+    (["sead=1"], "exp.yaml: --only sead: no cell has this key (did you mean 'seed'?)"),
+    (["seed=1,7"], "exp.yaml: --only seed=7: no cell has this value (the grid's: 0, 1)"),
+    (["method=tooy"], "exp.yaml: --only method=tooy: no cell has this value (the grid's: toy, toy-zero)"),
+    (["seed"], "exp.yaml: --only 'seed': expected KEY=VALUE[,VALUE...]"),
+    (["seed=1,"], "exp.yaml: --only 'seed=1,': expected KEY=VALUE[,VALUE...]"),
+    (["seed=0", "seed=1"], "exp.yaml: --only seed given twice; list its values once (seed=A,B)"),
+    (["method=toy-zero", "toy.gamma=0.5"], "exp.yaml: --only method=toy-zero toy.gamma=0.5: no cell of the grid "
+                                           "matches all of them"),
+])
+def test_only_refuses_what_matches_nothing_in_one_line(tmp_path, only, message):
+    from harness.config import select_cells
+
+    experiment = load(tmp_path, BASE + "grid:\n  method: [toy, toy-zero]\n  seed: [0, 1]\n  toy.gamma: [0.1, 0.5]\n")
+    with pytest.raises(ConfigError) as info:
+        select_cells(experiment, only, "exp.yaml")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)

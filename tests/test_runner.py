@@ -162,6 +162,31 @@ def test_plan_writes_configs_that_workers_resolve_to_the_same_key(tmp_path, teac
         RunSpec.from_dict(config)
 
 
+def test_only_runs_the_chosen_cells_and_reports_when_the_whole_grid_is_done(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, epochs=1, seeds=(0, 1), extra="report: [table]\n")
+    process = start_run(tmp_path, args=("--only", "seed=1", "--dry-run"))
+    code, out, _ = finish(process)
+    assert code == 0 and out.split()[:2] == ["pending", "run"] and "/seed1-" in out and len(out.splitlines()) == 1
+
+    code, out, err = finish(start_run(tmp_path, args=("--only", "seed=1")))
+    assert code == 0, err
+    assert [f.name.split("-")[0] for f in folders(tmp_path)] == ["seed1"]
+    assert "report: not written, 1 of 2 cells are not finished" in err  # the grid's, not the chosen cells'
+    assert not (tmp_path / "reports").exists()
+
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = finish(start_run(tmp_path, args=("--only", "seed=3")))
+    assert (code, out) == (2, "")
+    assert err == "error: exp.yaml: --only seed=3: no cell has this value (the grid's: 0, 1)\n"
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+    code, out, err = finish(start_run(tmp_path, args=("--only", "seed=0", "--only", "method=noise")))
+    assert code == 0, err
+    assert all(read_status(folder)["state"] == "done" for folder in folders(tmp_path)) and len(folders(tmp_path)) == 2
+    assert "wrote reports/exp/table.md" in out
+    assert "| noise" in (tmp_path / "reports" / "exp" / "table.md").read_text()
+
+
 def test_run_lock_is_exclusive_and_freed_on_release(tmp_path):
     first, second = RunLock(tmp_path), RunLock(tmp_path)
     assert first.acquire()
