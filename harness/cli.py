@@ -409,9 +409,16 @@ def status(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.file)
     table = grid_status(experiment, Path(args.results))
-    print(table.drop(columns=["error", "damage"]).to_string(index=False))
+    shown = table.drop(columns=["error", "damage"])
+    print(shown.astype(object).where(shown.notna(), "-").to_string(index=False))
     counts = table["state"].value_counts()
     print(f"{experiment.name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    unfinished = table[table["state"] != "done"]
+    if len(unfinished):
+        unknown = int(unfinished["left_min"].isna().sum())
+        print(f"left: about {int(unfinished['left_min'].sum())} min of cell time by the median of the "
+              f"grid's finished cells of each method, on the machines that ran them (divide by the "
+              f"workers running at once)" + (f"; {unknown} cell(s) of a method with none finished" if unknown else ""))
     for _, row in table[table["state"] == "failed"].iterrows():
         print(f"failed: {row['run']}: {row['error']}")
     for _, row in table[table["damage"] != ""].iterrows():

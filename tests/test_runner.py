@@ -370,3 +370,31 @@ def test_two_runs_with_an_untrained_teacher_are_identical(tmp_path):
         run_experiment(where, args=("--workers", "2"))
         results.append({f.name: _results_of(f) for f in folders(where)})
     assert len(results[0]) == 2 and results[0] == results[1]
+
+
+def test_status_shows_measured_minutes_and_expects_the_rest_by_the_median_of_finished_cells(tmp_path, teacher_checkpoint):
+    experiment = grid(tmp_path, teacher_checkpoint, epochs=4, seeds=(0, 1, 2, 3, 4))
+    by_seed = {spec.settings.seed: tmp_path / "results" / spec.relative_dir() for spec in experiment.cells}
+    for seed, (total, evaluation) in {0: (600, 120), 1: (1200, 240), 2: (900, 60)}.items():
+        folder = by_seed[seed]
+        folder.mkdir(parents=True)
+        atomic_write_json(folder / "config.json", {"key": experiment.cells[seed].key})
+        atomic_write_json(folder / "metrics.json", {"key": experiment.cells[seed].key, "attacks": {}})
+        atomic_write_json(folder / "cost.json", {"total_seconds": total, "seconds": {"evaluation": evaluation}})
+        (folder / "history.jsonl").write_text("{}\n" * 4)
+        write_status(folder, state="done", attempt=1)
+    by_seed[3].mkdir(parents=True)  # half trained, nobody on it
+    (by_seed[3] / "history.jsonl").write_text("{}\n" * 2)
+    write_status(by_seed[3], state="interrupted", attempt=1)
+
+    shown = harness_process("status", "exp.yaml", cwd=tmp_path)
+    out, err = shown.communicate(timeout=120)
+    assert shown.returncode == 0 and "Traceback" not in err, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    row = {seed: rows[str(experiment.cells[seed].relative_dir())] for seed in range(5)}
+    # columns: run method state attempt epochs device host heartbeat_s train_min eval_min left_min
+    assert [row[s][8:] for s in (0, 1, 2)] == [["8", "2", "0"], ["16", "4", "0"], ["14", "1", "0"]]
+    # medians: training 14 min (8, 16, 14), evaluation 2 min (2, 4, 1)
+    assert row[3][2] == "interrupted" and row[3][4] == "2/4" and row[3][10] == "9"  # 14 · (1 − 2/4) + 2
+    assert row[4][2] == "pending" and row[4][8:] == ["-", "-", "16"]
+    assert "left: about 25 min of cell time" in out
