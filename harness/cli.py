@@ -416,9 +416,12 @@ def status(args: argparse.Namespace) -> int:
     unfinished = table[table["state"] != "done"]
     if len(unfinished):
         unknown = int(unfinished["left_min"].isna().sum())
-        print(f"left: about {int(unfinished['left_min'].sum())} min of cell time by the median of the "
-              f"grid's finished cells of each method, on the machines that ran them (divide by the "
-              f"workers running at once)" + (f"; {unknown} cell(s) of a method with none finished" if unknown else ""))
+        if unknown == len(unfinished):
+            print(f"left: unknown ({unknown} cell(s) of a method with none finished)")
+        else:
+            print(f"left: about {int(unfinished['left_min'].sum())} min of cell time by the median of the "
+                  f"grid's finished cells of each method, on the machines that ran them (divide by the "
+                  f"workers running at once)" + (f"; {unknown} cell(s) of a method with none finished" if unknown else ""))
     for _, row in table[table["state"] == "failed"].iterrows():
         print(f"failed: {row['run']}: {row['error']}")
     for _, row in table[table["damage"] != ""].iterrows():

@@ -398,3 +398,11 @@ def test_status_shows_measured_minutes_and_expects_the_rest_by_the_median_of_fin
     assert row[3][2] == "interrupted" and row[3][4] == "2/4" and row[3][10] == "9"  # 14 · (1 − 2/4) + 2
     assert row[4][2] == "pending" and row[4][8:] == ["-", "-", "16"]
     assert "left: about 25 min of cell time" in out
+
+
+def test_status_says_the_time_left_is_unknown_when_no_cell_of_the_grid_has_finished(tmp_path, teacher_checkpoint):
+    grid(tmp_path, teacher_checkpoint, epochs=4, seeds=(0, 1))
+    shown = harness_process("status", "exp.yaml", cwd=tmp_path)
+    out, err = shown.communicate(timeout=120)
+    assert shown.returncode == 0 and "Traceback" not in err, err
+    assert "left: unknown (2 cell(s) of a method with none finished)" in out
